@@ -1,0 +1,75 @@
+"""Shared checks that every public kseg model goes through (STYLE.md, principle 7)."""
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+requires_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.exists(),
+    reason=f"{SHARED_DATA} is absent: real-data tests need the project's shared data sets (../shared/data)",
+)
+
+
+def random_images(shape, seed=0):
+    """Float32 images with raw pixel values in [0, 255]."""
+    return np.random.default_rng(seed).uniform(0, 255, size=shape).astype("float32")
+
+
+def random_masks(shape, num_classes, seed=0):
+    return np.random.default_rng(seed).integers(0, num_classes, size=shape).astype("int32")
+
+
+def check_config_round_trip(model):
+    """from_config(get_config()) builds the same architecture."""
+    config = model.get_config()
+    clone = type(model).from_config(config)
+    assert clone.get_config() == config
+    assert clone.count_params() == model.count_params()
+    assert [w.shape for w in clone.weights] == [w.shape for w in model.weights]
+
+
+def check_save_reload(model, images, tmp_path):
+    """`.keras` save + safe-mode load gives a model with identical outputs."""
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    assert type(restored) is type(model)
+    np.testing.assert_array_equal(restored.predict(images, verbose=0), model.predict(images, verbose=0))
+    return restored
+
+
+def check_fit_one_step(model, images, masks, loss=None):
+    """One `fit` step on a tf.data batch runs, gives a finite loss and changes the weights."""
+    from kseg.losses import SparseCrossEntropy
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss or SparseCrossEntropy())
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks)).batch(len(images))
+    history = model.fit(dataset, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
+    assert all(changed), f"{changed.count(False)} trainable weights did not change after one step"
+
+
+def check_tflite_parity(model, image, image_size=None, rtol=1e-4):
+    """Builtin-ops TFLite conversion; LiteRT output equals Keras' within float32 round-off.
+
+    The bound is relative to the logits' own scale (1e-4 of the largest logit), so it stays
+    meaningful for freshly initialized models whose logits are tiny.
+    """
+    from export import tflite
+
+    content = tflite.convert(model, image_size=image_size)
+    expected = model(image, training=False).numpy()
+    actual = tflite.run(content, image)
+    assert actual.shape == expected.shape
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
+    assert (actual.argmax(-1) == expected.argmax(-1)).mean() >= 0.999
+    return content
