@@ -1,0 +1,35 @@
+"""tf.data readers for segmentation data sets and joint image + mask augmentation.
+
+    pairs = find_pairs("camvid/train", "camvid/trainannot")
+    summary = validate_pairs(pairs, num_classes=11, ignore_class=11)
+    train, val = split_pairs(pairs, val_fraction=0.2, seed=0)
+    ds = folder_dataset(train, image_size=(360, 480), batch_size=8, shuffle=True, seed=0,
+                        augment=Augment(rot90=False, ignore_class=11), ignore_class=11)
+"""
+
+from kseg.data.augment import Augment
+from kseg.data.errors import DataError
+from kseg.data.folder import (
+    apply_remap,
+    folder_dataset,
+    read_image,
+    read_mask,
+    remap_table,
+    resize_image,
+    validate_pairs,
+)
+from kseg.data.split import find_pairs, split_pairs
+
+__all__ = [
+    "Augment",
+    "DataError",
+    "apply_remap",
+    "find_pairs",
+    "folder_dataset",
+    "read_image",
+    "read_mask",
+    "remap_table",
+    "resize_image",
+    "split_pairs",
+    "validate_pairs",
+]
