@@ -1,0 +1,22 @@
+"""Segmentation metrics over a streaming confusion matrix (math in `kseg.ops.confusion`).
+
+`MeanIoU`, `MeanDice` and `PixelAccuracy` (Keras metrics over `ConfusionMatrixMetric`)
+go in `model.compile(metrics=[...])`; `ConfusionMatrix` is the plain NumPy evaluator
+(`update` batch by batch, then `summary(class_names)`) behind `kseg evaluate`.
+"""
+
+from kseg.metrics.confusion import ConfusionMatrix
+from kseg.metrics.confusion import ConfusionMatrixMetric
+from kseg.metrics.confusion import MeanDice
+from kseg.metrics.confusion import MeanIoU
+from kseg.metrics.confusion import PixelAccuracy
+from kseg.metrics.confusion import confusion_summary
+
+__all__ = [
+    "ConfusionMatrix",
+    "ConfusionMatrixMetric",
+    "MeanDice",
+    "MeanIoU",
+    "PixelAccuracy",
+    "confusion_summary",
+]
