@@ -316,3 +316,28 @@ def test_camvid_val_validates():
     assert summary["image_sizes"] == [[360, 480]] and summary["channels"] == [3]
     assert summary["ignore_pixels"] > 0 and all(c > 0 for c in summary["class_pixels"])
     assert sum(summary["class_pixels"]) + summary["ignore_pixels"] == 101 * 360 * 480
+
+
+def test_crop_size_cuts_the_same_window_from_image_and_mask(tmp_path):
+    # The image encodes each pixel's mask id, so a misaligned crop would break the relation.
+    rng = np.random.default_rng(3)
+    (tmp_path / "im").mkdir()
+    (tmp_path / "ma").mkdir()
+    for i in range(3):
+        mask = rng.integers(0, 5, (40, 48)).astype(np.uint8)
+        _save(tmp_path / "ma" / f"{i}.png", mask)
+        _save(tmp_path / "im" / f"{i}.png", (mask * 40).astype(np.uint8))
+    pairs = find_pairs(tmp_path / "im", tmp_path / "ma")
+    ds = folder_dataset(pairs, channels=1, batch_size=3, crop_size=(16, 24), shuffle=True, repeat=True, seed=5)
+    assert ds.element_spec[0].shape.as_list() == [None, 16, 24, 1]
+    first = [(x.numpy(), y.numpy()) for x, y in ds.take(4)]
+    for images, masks in first:
+        np.testing.assert_array_equal(images[..., 0], masks * 40.0)
+    # Windows differ between draws, and the same seed reproduces them.
+    assert not np.array_equal(first[0][1], first[1][1])
+    again = [y.numpy() for _, y in folder_dataset(pairs, channels=1, batch_size=3, crop_size=(16, 24),
+                                                  shuffle=True, repeat=True, seed=5).take(4)]
+    for (_, a), b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError, match="crop_size"):
+        folder_dataset(pairs, crop_size=(16,))

@@ -123,3 +123,20 @@ def test_docstring_examples_run():
     for module in (unet_module, mobile_module):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
+
+
+def test_mixed_precision_survives_save_and_reload(tmp_path):
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = small_model("unet-transpose")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for round_trip in range(2):  # the reloaded model must save its policy again
+        path = tmp_path / f"m{round_trip}.keras"
+        model.save(path)
+        model = keras.models.load_model(path)
+        assert model.get_config()["dtype"] == "mixed_float16"
+        assert model.get_layer("enc0_1_conv").compute_dtype == "float16"
+        assert model.get_layer("logits").compute_dtype == "float32"

@@ -29,7 +29,6 @@ import tensorflow as tf
 from PIL import Image
 
 from kseg.data.errors import DataError
-from kseg.data.split import find_pairs  # noqa: F401  (re-exported: pairing belongs with the folders)
 from kseg.utils.progress import progress
 
 MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
@@ -243,11 +242,11 @@ def _check_pairs(pairs, where):
 
 def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=None, shuffle=False,
                    repeat=False, cache=True, remap=None, ignore_class=None, pad_to_multiple=None,
-                   seed=None, drop_remainder=False):
+                   seed=None, drop_remainder=False, crop_size=None):
     """A tf.data pipeline of (images, masks) batches from (image_path, mask_path) pairs.
 
-    Order: decode -> remap -> resize -> cache -> shuffle -> repeat -> augment -> pad -> batch
-    -> prefetch. Element order is always deterministic (maps keep order); randomness
+    Order: decode -> remap -> resize -> cache -> shuffle -> repeat -> crop -> augment -> pad
+    -> batch -> prefetch. Element order is always deterministic (maps keep order); randomness
     (shuffle, augmentation seeds) is reproducible when `seed` is given, and differs from
     epoch to epoch either way. Run `validate_pairs` first: a bad file met here stops the
     iteration with a TF error carrying the DataError text.
@@ -269,6 +268,10 @@ def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=
             (images with 0, masks with `ignore_class`, which must then be set).
         seed: int or None.
         drop_remainder: drop the last partial batch (static batch size).
+        crop_size: (h, w) or None: a random window of this size is cut from each (image,
+            mask) pair before augmentation, so training sees full-resolution patches (as the
+            U-Net paper's tiles) instead of downsampled images. Images must be at least
+            that large.
 
     Returns:
         tf.data.Dataset of (float32 [B, H, W, C] in [0, 255], int32 [B, H, W]).
@@ -289,6 +292,8 @@ def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=
         ("pad_to_multiple", pad_to_multiple, opt_int(pad_to_multiple, 1), "None or an int >= 1"),
         ("seed", seed, opt_int(seed, -(2**63)), "None or an int"),
         ("cache", cache, isinstance(cache, (bool, str, os.PathLike)), "True, False or a file path"),
+        ("crop_size", crop_size, crop_size is None or (isinstance(crop_size, (list, tuple)) and len(
+            crop_size) == 2 and all(_is_int(v) and v > 0 for v in crop_size)), "(h, w) positive ints or None"),
     ]:
         if not ok:
             raise DataError(f"folder_dataset: {name}={value!r}, expected {expected}")
@@ -322,18 +327,25 @@ def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=
         ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if augment is not None:
+    if augment is not None or crop_size is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(
             2, drop_remainder=True)
+        if crop_size is not None:
+            size = tuple(int(v) for v in crop_size)
 
-        def augment_one(example, pair_seed):
-            image, mask = augment(example[0], example[1], pair_seed)
+        def crop_and_augment(example, pair_seed):
+            image, mask = example
+            crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(pair_seed, 2))
+            if crop_size is not None:
+                image, mask = random_crop(image, mask, size, crop_seed)
+            if augment is not None:
+                image, mask = augment(image, mask, augment_seed)
             image, mask = tf.cast(image, tf.float32), tf.cast(mask, tf.int32)
             image.set_shape([*size, channels])
             mask.set_shape(size)
             return image, mask
 
-        ds = tf.data.Dataset.zip((ds, seeds)).map(augment_one, num_parallel_calls=tf.data.AUTOTUNE,
+        ds = tf.data.Dataset.zip((ds, seeds)).map(crop_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
                                                   deterministic=True)
     if pad_to_multiple is not None:
         ds = ds.map(_padder(pad_to_multiple, ignore_class, image_size), num_parallel_calls=tf.data.AUTOTUNE,
@@ -341,6 +353,14 @@ def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def random_crop(image, mask, crop_size, seed):
+    """The same random (h, w) window of image [H, W, C] and mask [H, W] (stateless `seed` [2])."""
+    channels = image.shape[-1]
+    stacked = tf.concat([image, tf.cast(mask[..., None], image.dtype)], axis=-1)
+    stacked = tf.image.stateless_random_crop(stacked, [crop_size[0], crop_size[1], channels + 1], seed)
+    return stacked[..., :channels], tf.cast(tf.round(stacked[..., channels]), mask.dtype)
 
 
 def _padder(multiple, ignore_class, image_size):

@@ -13,7 +13,7 @@ import keras
 from keras import layers
 
 from kseg.models.unet import blocks
-from kseg.models.validation import check_choice, check_kwargs
+from kseg.models.validation import check_choice, check_kwargs, dtype_policy_scope
 
 ENCODERS = ("mobilenetv3_small", "mobilenetv3_large", "separable")
 
@@ -62,21 +62,24 @@ class MobileUNet(keras.Model):
         _validate(num_classes, input_shape, encoder, encoder_weights, decoder_filters, encoder_filters)
 
         # === Functional graph ===
-        inputs = keras.Input(shape=input_shape, name="image")
-        if encoder == "separable":
-            features = _separable_encoder(inputs, encoder_filters)
-        else:
-            features = _mobilenet_encoder(inputs, encoder, encoder_weights)
-        x = features[32]
-        for stride, filters in zip((16, 8, 4, 2), decoder_filters):
-            x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{stride}")(x)
-            x = layers.Concatenate(name=f"concat{stride}")([x, features[stride]])
-            x = blocks.separable_block(x, filters, name=f"dec{stride}")
-        x = blocks.logits_head(x, num_classes, name="logits_s2")
-        outputs = layers.UpSampling2D(2, interpolation="bilinear", dtype="float32", name="logits")(x)
+        with dtype_policy_scope(kwargs.get("dtype")):
+            inputs = keras.Input(shape=input_shape, name="image")
+            if encoder == "separable":
+                features = _separable_encoder(inputs, encoder_filters)
+            else:
+                features = _mobilenet_encoder(inputs, encoder, encoder_weights)
+            x = features[32]
+            for stride, filters in zip((16, 8, 4, 2), decoder_filters):
+                x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{stride}")(x)
+                x = layers.Concatenate(name=f"concat{stride}")([x, features[stride]])
+                x = blocks.separable_block(x, filters, name=f"dec{stride}")
+            x = blocks.logits_head(x, num_classes, name="logits_s2")
+            outputs = layers.UpSampling2D(2, interpolation="bilinear", dtype="float32", name="logits")(x)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
 
         # === Config ===
+        # The policy the layers were built under (keras.Model keeps its own at float32).
+        self.build_dtype = kwargs.get("dtype") or keras.mixed_precision.global_policy().name
         self.num_classes = num_classes
         self.image_shape = input_shape
         self.encoder = encoder
@@ -95,6 +98,7 @@ class MobileUNet(keras.Model):
             "encoder_filters": list(self.encoder_filters),
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": self.build_dtype,
         }
 
     @classmethod

@@ -9,7 +9,7 @@ import keras
 from keras import layers
 
 from kseg.models.unet import blocks
-from kseg.models.validation import check_choice, check_kwargs
+from kseg.models.validation import check_choice, check_kwargs, dtype_policy_scope
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -66,35 +66,38 @@ class UNet(keras.Model):
         _validate(num_classes, input_shape, depth, filters, block, upsampling, padding, dropout)
 
         # === Functional graph ===
-        inputs = keras.Input(shape=input_shape, name="image")
-        x = blocks.pixel_normalization(inputs)
-        skips = []
-        for level in range(depth):
+        with dtype_policy_scope(kwargs.get("dtype")):
+            inputs = keras.Input(shape=input_shape, name="image")
+            x = blocks.pixel_normalization(inputs)
+            skips = []
+            for level in range(depth):
+                x = blocks.conv_block(
+                    x, filters * 2**level, block=block, batch_norm=batch_norm, padding=padding, name=f"enc{level}"
+                )
+                skips.append(x)
+                x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
             x = blocks.conv_block(
-                x, filters * 2**level, block=block, batch_norm=batch_norm, padding=padding, name=f"enc{level}"
+                x, filters * 2**depth, block=block, batch_norm=batch_norm, padding=padding, name="bottleneck"
             )
-            skips.append(x)
-            x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
-        x = blocks.conv_block(
-            x, filters * 2**depth, block=block, batch_norm=batch_norm, padding=padding, name="bottleneck"
-        )
-        if dropout:
-            x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
-        for level in reversed(range(depth)):
-            level_filters = filters * 2**level
-            gating = x
-            x = blocks.upsample(x, level_filters, mode=upsampling, name=f"up{level}")
-            skip = blocks.center_crop_to(skips[level], x, name=f"crop{level}")
-            if attention:
-                skip = blocks.attention_gate(skip, gating, max(level_filters // 2, 1), name=f"att{level}")
-            x = layers.Concatenate(name=f"concat{level}")([skip, x])
-            x = blocks.conv_block(
-                x, level_filters, block=block, batch_norm=batch_norm, padding=padding, name=f"dec{level}"
-            )
-        outputs = blocks.logits_head(x, num_classes)
+            if dropout:
+                x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+            for level in reversed(range(depth)):
+                level_filters = filters * 2**level
+                gating = x
+                x = blocks.upsample(x, level_filters, mode=upsampling, name=f"up{level}")
+                skip = blocks.center_crop_to(skips[level], x, name=f"crop{level}")
+                if attention:
+                    skip = blocks.attention_gate(skip, gating, max(level_filters // 2, 1), name=f"att{level}")
+                x = layers.Concatenate(name=f"concat{level}")([skip, x])
+                x = blocks.conv_block(
+                    x, level_filters, block=block, batch_norm=batch_norm, padding=padding, name=f"dec{level}"
+                )
+            outputs = blocks.logits_head(x, num_classes)
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
 
         # === Config ===
+        # The policy the layers were built under (keras.Model keeps its own at float32).
+        self.build_dtype = kwargs.get("dtype") or keras.mixed_precision.global_policy().name
         self.num_classes = num_classes
         self.image_shape = input_shape
         self.depth = depth
@@ -120,6 +123,7 @@ class UNet(keras.Model):
             "padding": self.padding,
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": self.build_dtype,
         }
 
     @classmethod

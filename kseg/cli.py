@@ -1,0 +1,241 @@
+"""The `kseg` command: train, evaluate, predict and demo.
+
+TensorFlow is imported inside the subcommands that need it, so `kseg --help` is instant and
+TensorFlow-free subcommands (the edge benchmark) work where only LiteRT is installed.
+"""
+
+import argparse
+import ast
+import json
+import os
+import sys
+
+
+def _size(text):
+    """"256", "256x320" or "256,320" -> (H, W)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: expected H or HxW, e.g. 256 or 256x320") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: expected H or HxW with positive ints")
+    return values
+
+
+def _remap(text):
+    """"255:1,0:0" -> {255: 1, 0: 0}."""
+    try:
+        return {int(k): int(v) for k, v in (item.split(":") for item in text.split(",") if item)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--remap {text!r}: expected SOURCE:TARGET pairs, e.g. 255:1,0:0") from None
+
+
+def _setting(text):
+    """"key=value" with a Python literal value (ints, floats, bools, lists, strings)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE, e.g. filters=32")
+    key, value = text.split("=", 1)
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = {"true": True, "false": False, "none": None}.get(value.lower(), value)
+    return key.strip(), parsed
+
+
+def _class_weights(text):
+    if text == "median_frequency":
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--class-weights {text!r}: expected median_frequency or comma-separated floats"
+        ) from None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="kseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on image/mask folders")
+    data = t.add_argument_group("data")
+    data.add_argument("--images", required=True, help="folder of training images")
+    data.add_argument("--masks", required=True, help="folder of training masks (paired by file stem)")
+    data.add_argument("--val-images", help="folder of validation images (default: hold out --val-fraction)")
+    data.add_argument("--val-masks", help="folder of validation masks")
+    data.add_argument("--val-fraction", type=float, default=0.2)
+    data.add_argument("--num-classes", type=int, required=True)
+    data.add_argument("--ignore-class", type=int, help="mask id that counts in no loss or metric (e.g. 11, 255)")
+    data.add_argument("--remap", type=_remap, help="mask id remapping SOURCE:TARGET,..., e.g. 0:0,255:1")
+    data.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    data.add_argument("--image-size", type=_size, default=(256, 256), help="H or HxW (default 256)")
+    data.add_argument("--native-size", action="store_true", help="keep file sizes (no resize; use with --crop-size)")
+    data.add_argument("--crop-size", type=_size, help="random training windows H or HxW, cut after resizing")
+    data.add_argument("--class-names", help="comma-separated class names for reports")
+    model = t.add_argument_group("model")
+    model.add_argument("--model", default="unet", help="unet, attention_unet, residual_unet, dense_unet, mobile_unet")
+    model.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
+                       metavar="KEY=VALUE", help="model constructor argument, e.g. --set filters=32 (repeatable)")
+    fit = t.add_argument_group("training")
+    fit.add_argument("--epochs", type=int, default=50)
+    fit.add_argument("--steps-per-epoch", type=int)
+    fit.add_argument("--batch-size", type=int, default=4)
+    fit.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam (global batch)")
+    fit.add_argument("--schedule", choices=("constant", "cosine", "poly"), default="cosine")
+    fit.add_argument("--loss", choices=("ce", "weighted_ce", "dice", "ce_dice", "focal"), default="ce")
+    fit.add_argument("--class-weights", type=_class_weights, help="median_frequency or w0,w1,... (weighted_ce)")
+    fit.add_argument("--no-augment", action="store_true")
+    fit.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"), default="default")
+    fit.add_argument("--cpu-replicas", type=int, help="with --strategy mirrored on CPU: logical devices")
+    fit.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
+    fit.add_argument("--time-budget", type=float, help="stop after the epoch that ends past this many seconds")
+    fit.add_argument("--seed", type=int, default=0)
+    t.add_argument("--output", default="runs/latest", help="run folder (rerun the same command to resume)")
+    t.add_argument("--quiet", action="store_true")
+
+    e = sub.add_parser("evaluate", help="per-class IoU of a trained run on its validation data (or other folders)")
+    e.add_argument("--run", required=True, help="run folder written by kseg train")
+    e.add_argument("--model", help="model file (default: RUN/best.keras)")
+    e.add_argument("--images", help="image folder (default: the run's validation data)")
+    e.add_argument("--masks", help="mask folder")
+    e.add_argument("--output", help="JSON report (default: RUN/evaluation.json)")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("predict", help="write mask PNGs and colour overlays for images")
+    p.add_argument("--run", required=True, help="run folder written by kseg train")
+    p.add_argument("--model", help="model file (default: RUN/best.keras)")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--output", required=True, help="folder for <stem>_mask.png and <stem>_overlay.png")
+    p.add_argument("--quiet", action="store_true")
+
+    d = sub.add_parser("demo", help="train a small U-Net on the embedded ISBI 2012 sample (no download)")
+    d.add_argument("--output", default="kseg-demo", help="folder for the run, overlay and curves")
+    d.add_argument("--epochs", type=int, default=60)
+    d.add_argument("--time-budget", type=float, default=150.0, help="seconds of training at most")
+    d.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _version():
+    from kseg import __version__
+
+    return f"kseg {__version__}"
+
+
+def cmd_train(args):
+    from kseg.training import DataSpec, format_table, train
+
+    spec = DataSpec(
+        images=args.images, masks=args.masks, val_images=args.val_images, val_masks=args.val_masks,
+        val_fraction=args.val_fraction, num_classes=args.num_classes, ignore_class=args.ignore_class,
+        remap=args.remap, channels=args.channels, image_size=None if args.native_size else args.image_size,
+        crop_size=args.crop_size,
+        class_names=args.class_names.split(",") if args.class_names else None, split_seed=args.seed,
+    )
+    result = train(
+        spec, args.output, model=args.model, model_kwargs=dict(args.settings), epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, learning_rate=args.lr,
+        schedule=args.schedule, loss=args.loss, class_weights=args.class_weights, augment=not args.no_augment,
+        strategy=args.strategy, cpu_replicas=args.cpu_replicas, mixed_precision=args.mixed_precision,
+        time_budget=args.time_budget, seed=args.seed, verbose=0 if args.quiet else 1,
+    )
+    print(format_table(result["metrics"]))
+    print(f"run folder: {args.output} (best.keras, curves.png, history.csv, metrics.json)")
+
+
+def _load_model(args, run_dir):
+    import keras
+
+    path = args.model or os.path.join(run_dir, "best.keras")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file {path} not found: expected a .keras file written by kseg train.")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as e:
+        raise ValueError(f"cannot load model {path}: {e}; expected a .keras file written by kseg.") from e
+
+
+def cmd_evaluate(args):
+    from kseg import data as kdata
+    from kseg.training import evaluate_model, format_table, load_run
+    from kseg.training.trainer import load_splits
+    from kseg.utils import write_json
+
+    run = load_run(args.run)
+    spec = run["data"]
+    model = _load_model(args, args.run)
+    if args.images:
+        pairs = kdata.find_pairs(args.images, args.masks or args.images)
+        kdata.validate_pairs(pairs, spec.num_classes, spec.ignore_class, spec.remap, spec.channels)
+    else:
+        _, pairs, _ = load_splits(spec)
+    dataset = kdata.folder_dataset(
+        pairs, image_size=spec.image_size, channels=spec.channels,
+        batch_size=args.batch_size if spec.image_size else 1,
+        remap=spec.remap, ignore_class=spec.ignore_class,
+    )
+    summary = evaluate_model(model, dataset, spec.num_classes, spec.ignore_class, spec.class_names,
+                             verbose=0 if args.quiet else 1)
+    output = args.output or os.path.join(args.run, "evaluation.json")
+    write_json(output, summary)
+    print(format_table(summary))
+    print(f"report: {output}")
+
+
+def _image_files(inputs):
+    exts = (".png", ".jpg", ".jpeg", ".bmp")
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            files += sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(exts))
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"input {item!r} is neither an image file nor a folder.")
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(exts)}) in {inputs}.")
+    return files
+
+
+def cmd_predict(args):
+    from kseg.training import load_run, predict_files
+
+    run = load_run(args.run)
+    spec = run["data"]
+    model = _load_model(args, args.run)
+    written = predict_files(
+        model, _image_files(args.inputs), args.output, image_size=spec.image_size, channels=spec.channels,
+        num_classes=spec.num_classes, ignore_class=spec.ignore_class, verbose=0 if args.quiet else 1,
+    )
+    print(f"wrote {len(written)} masks and overlays to {args.output}")
+
+
+def cmd_demo(args):
+    from kseg.training.demo import run_demo
+
+    result = run_demo(args.output, epochs=args.epochs, time_budget=args.time_budget, verbose=0 if args.quiet else 1)
+    print(json.dumps({k: result[k] for k in ("mean_iou", "overlay", "curves", "train_seconds")}, indent=2))
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input: a one-paragraph message naming what was wrong, no traceback.
+        print(f"kseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

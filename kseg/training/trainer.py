@@ -1,0 +1,217 @@
+"""The training loop behind `kseg train`: data -> model -> compile -> fit, with every artefact.
+
+A run folder holds:
+    run.json        what was trained on and how (read back by evaluate/predict)
+    best.keras      the model of the best validation epoch (atomic writes)
+    final.keras     the model after the last epoch
+    history.csv     one row per epoch (appended, so resumed runs continue it)
+    curves.png      loss and metric curves, redrawn every epoch
+    logs/           TensorBoard
+    backup/         BackupAndRestore state: rerunning the same command resumes a killed run
+    metrics.json    per-class IoU / Dice and mIoU of best.keras on the validation set
+"""
+
+import math
+import os
+import time
+
+import keras
+
+from kseg import data as kdata
+from kseg import losses as klosses
+from kseg import metrics as kmetrics
+from kseg.models import build_model
+from kseg.training import callbacks as kcallbacks
+from kseg.training.evaluate import evaluate_model
+from kseg.training.strategy import get_strategy
+from kseg.utils import atomic_path, write_json
+
+LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "focal")
+SCHEDULES = ("constant", "cosine", "poly")
+
+
+def build_loss(name, num_classes, ignore_class=None, class_weights=None):
+    """Loss by name; `class_weights` (K floats) is required by "weighted_ce"."""
+    if name == "ce":
+        return klosses.SparseCrossEntropy(ignore_class=ignore_class)
+    if name == "weighted_ce":
+        if class_weights is None or len(class_weights) != num_classes:
+            raise ValueError(f'loss "weighted_ce" needs {num_classes} class weights; got {class_weights!r}.')
+        return klosses.WeightedCrossEntropy(class_weights=list(class_weights), ignore_class=ignore_class)
+    if name == "dice":
+        return klosses.Dice(ignore_class=ignore_class)
+    if name == "ce_dice":
+        return klosses.CEDice(ignore_class=ignore_class)
+    if name == "focal":
+        return klosses.Focal(ignore_class=ignore_class)
+    raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}.")
+
+
+def build_schedule(name, learning_rate, total_steps):
+    """Constant, cosine decay or polynomial (power 0.9, as in DeepLab) over `total_steps`."""
+    if name == "constant":
+        return learning_rate
+    if name == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total_steps, alpha=0.01)
+    if name == "poly":
+        return keras.optimizers.schedules.PolynomialDecay(
+            learning_rate, decay_steps=total_steps, end_learning_rate=learning_rate * 0.01, power=0.9
+        )
+    raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}.")
+
+
+def load_splits(spec):
+    """Pairs and validates the training and validation files of `spec` before any training."""
+    pairs = kdata.find_pairs(spec.images, spec.masks)
+    if spec.val_images:
+        train_pairs = pairs
+        val_pairs = kdata.find_pairs(spec.val_images, spec.val_masks or spec.val_images)
+    else:
+        train_pairs, val_pairs = kdata.split_pairs(pairs, val_fraction=spec.val_fraction, seed=spec.split_seed)
+    summaries = {}
+    for name, split in (("train", train_pairs), ("val", val_pairs)):
+        if not split:
+            raise kdata.DataError(f"the {name} split is empty ({len(pairs)} pairs, val_fraction={spec.val_fraction}).")
+        summaries[name] = kdata.validate_pairs(
+            split, num_classes=spec.num_classes, ignore_class=spec.ignore_class, remap=spec.remap, channels=spec.channels
+        )
+    return train_pairs, val_pairs, summaries
+
+
+def make_datasets(spec, train_pairs, val_pairs, batch_size, augment=True, seed=0):
+    """(train, val) tf.data pipelines; the training one repeats forever (fit counts steps)."""
+    augmenter = kdata.Augment(ignore_class=spec.ignore_class) if augment else None
+    common = dict(
+        image_size=spec.image_size, channels=spec.channels, remap=spec.remap, ignore_class=spec.ignore_class
+    )
+    train = kdata.folder_dataset(
+        train_pairs, batch_size=batch_size, augment=augmenter, shuffle=True, repeat=True, seed=seed,
+        drop_remainder=True, crop_size=spec.crop_size, **common,
+    )
+    # Whole validation images: file sizes may differ when they are not resized, so batch 1 then.
+    val = kdata.folder_dataset(val_pairs, batch_size=batch_size if spec.image_size else 1, **common)
+    return train, val
+
+
+def train(
+    spec,
+    output_dir,
+    model="unet",
+    model_kwargs=None,
+    epochs=50,
+    steps_per_epoch=None,
+    batch_size=4,
+    learning_rate=1e-3,
+    schedule="cosine",
+    loss="ce",
+    class_weights=None,
+    augment=True,
+    strategy="default",
+    cpu_replicas=None,
+    mixed_precision=False,
+    time_budget=None,
+    seed=0,
+    verbose=1,
+):
+    """Trains a model on folders of images and masks and writes a run folder (see module doc).
+
+    Args:
+        spec: a `DataSpec`.
+        output_dir: the run folder (created; rerunning into it resumes a killed run).
+        model: a name of `kseg.models.MODEL_NAMES`; `model_kwargs` go to its constructor.
+        epochs, steps_per_epoch: length of training; steps default to one pass over the data.
+        batch_size: global batch size (split over the replicas of the strategy).
+        learning_rate, schedule: peak learning rate of Adam and its decay ("constant",
+            "cosine", "poly"). The rate is not rescaled with the replica count: it belongs
+            to the global batch, so the same command trains the same way on 1 or N devices.
+        loss: one of `LOSSES`. class_weights: K floats, or "median_frequency" to compute
+            them from the training masks (used by "weighted_ce").
+        augment: joint flip/rot90/scale/elastic/photometric augmentation of training pairs.
+        strategy, cpu_replicas: see `kseg.training.get_strategy`.
+        mixed_precision: compute in float16 (logits and loss stay float32).
+        time_budget: stop after the epoch that ends past this many seconds of training.
+        seed: seeds Keras/TF/NumPy and the data order.
+
+    Returns:
+        A dict with the history, the paths written and the validation metrics of best.keras.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    dist = get_strategy(strategy, cpu_replicas=cpu_replicas)
+    train_pairs, val_pairs, summaries = load_splits(spec)
+    if class_weights == "median_frequency":
+        masks = kdata.folder_dataset(
+            train_pairs, image_size=spec.image_size, channels=spec.channels, remap=spec.remap, batch_size=8
+        ).map(lambda images, masks: masks)
+        class_weights = klosses.median_frequency_weights(masks, spec.num_classes, spec.ignore_class).tolist()
+    if steps_per_epoch is None:
+        steps_per_epoch = max(len(train_pairs) // batch_size, 1)
+    train_ds, val_ds = make_datasets(spec, train_pairs, val_pairs, batch_size, augment=augment, seed=seed)
+
+    model_kwargs = dict(model_kwargs or {})
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with dist.scope():
+            net = build_model(
+                model, num_classes=spec.num_classes, input_shape=spec.model_input_shape, **model_kwargs
+            )
+            net.compile(
+                optimizer=keras.optimizers.Adam(build_schedule(schedule, learning_rate, epochs * steps_per_epoch)),
+                loss=build_loss(loss, spec.num_classes, spec.ignore_class, class_weights),
+                metrics=[
+                    kmetrics.MeanIoU(spec.num_classes, ignore_class=spec.ignore_class, name="mean_iou"),
+                    kmetrics.PixelAccuracy(spec.num_classes, ignore_class=spec.ignore_class, name="pixel_accuracy"),
+                ],
+            )
+        return _fit_and_report(net, spec, output_dir, model, model_kwargs, train_ds, val_ds, dict(
+            epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, learning_rate=learning_rate,
+            schedule=schedule, loss=loss, class_weights=class_weights, augment=augment, strategy=strategy,
+            replicas=dist.num_replicas_in_sync, mixed_precision=mixed_precision, seed=seed,
+            train_pairs=len(train_pairs), val_pairs=len(val_pairs),
+        ), time_budget, verbose)
+    finally:
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy("float32")
+
+
+def _fit_and_report(net, spec, output_dir, model, model_kwargs, train_ds, val_ds, settings, time_budget, verbose):
+    """Runs `fit` with every callback, then evaluates best.keras; see `train`."""
+    paths = {name: os.path.join(output_dir, name) for name in ("best.keras", "final.keras", "history.csv",
+                                                              "curves.png", "metrics.json", "run.json")}
+    run = {
+        "data": spec.to_json(),
+        "model": {"name": model, "kwargs": model_kwargs, "params": int(net.count_params())},
+        "train": settings,
+    }
+    write_json(paths["run.json"], run)
+
+    callbacks = [
+        kcallbacks.TimeBudget(time_budget),
+        kcallbacks.Validation(val_ds, spec.num_classes, spec.ignore_class, loss=net.loss),
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        kcallbacks.StopOnNonFiniteLoss(paths["best.keras"]),
+        kcallbacks.BestCheckpoint(paths["best.keras"], monitor="val_mean_iou", mode="max"),
+        keras.callbacks.CSVLogger(paths["history.csv"], append=True),
+        kcallbacks.CurvePlot(paths["curves.png"], paths["history.csv"], title=model),
+        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), write_graph=False),
+    ]
+
+    start = time.monotonic()
+    steps_per_epoch = settings["steps_per_epoch"]
+    history = net.fit(
+        train_ds, epochs=settings["epochs"], steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks, verbose=verbose,
+    )
+    train_seconds = time.monotonic() - start
+    with atomic_path(paths["final.keras"]) as tmp:
+        net.save(tmp)
+
+    best = keras.models.load_model(paths["best.keras"]) if os.path.exists(paths["best.keras"]) else net
+    report = evaluate_model(best, val_ds, spec.num_classes, spec.ignore_class, spec.class_names, verbose=verbose)
+    epochs_run = len(history.history.get("loss", []))
+    report["train_seconds"] = train_seconds
+    report["epochs_run"] = epochs_run
+    report["steps_per_second"] = epochs_run * steps_per_epoch / train_seconds if train_seconds > 0 else math.nan
+    write_json(paths["metrics.json"], report)
+    return {"history": history.history, "paths": paths, "metrics": report, "run": run}

@@ -1,0 +1,179 @@
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from kseg.training import DataSpec, build_loss, build_schedule, format_table, load_run, train
+from kseg.training import callbacks as kcallbacks
+
+
+def write_blob_folder(root, count=8, size=32, seed=0):
+    """Grey images with bright discs (class 1) on a dark noisy background (class 0)."""
+    rng = np.random.default_rng(seed)
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(count):
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(2):
+            cy, cx, r = rng.integers(6, size - 6), rng.integers(6, size - 6), rng.integers(3, 7)
+            mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
+        image = np.where(mask == 1, 190, 60) + rng.normal(0, 15, (size, size))
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(images / f"{i:03d}.png")
+        Image.fromarray(mask * 255).save(masks / f"{i:03d}.png")
+    return str(images), str(masks)
+
+
+def blob_spec(tmp_path, **kwargs):
+    images, masks = write_blob_folder(tmp_path / "data")
+    return DataSpec(images=images, masks=masks, num_classes=2, remap={0: 0, 255: 1}, channels=1,
+                    image_size=(32, 32), class_names=["background", "blob"], val_fraction=0.25, **kwargs)
+
+
+TINY = {"filters": 8, "depth": 2, "batch_norm": True}
+
+
+@pytest.mark.slow
+def test_train_learns_a_simple_task_and_writes_every_artefact(tmp_path):
+    spec = blob_spec(tmp_path)
+    out = str(tmp_path / "run")
+    result = train(spec, out, model="unet", model_kwargs=TINY, epochs=25, steps_per_epoch=6, batch_size=2,
+                   learning_rate=3e-3, augment=False, verbose=0)
+    for name in ("run.json", "best.keras", "final.keras", "history.csv", "curves.png", "metrics.json", "logs"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert not any(f.startswith(".tmp-") for f in os.listdir(out))  # atomic writes left nothing behind
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["mean_iou"] > 0.85, metrics["mean_iou"]  # bright discs on dark ground are easy
+    assert [r["name"] for r in metrics["per_class"]] == ["background", "blob"]
+    with open(os.path.join(out, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 25
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    run = load_run(out)
+    assert run["data"] == spec or run["data"].image_size == spec.image_size
+    assert run["model"]["kwargs"] == TINY
+    curves = np.asarray(Image.open(os.path.join(out, "curves.png")))
+    assert curves.ndim == 3 and curves.std() > 10  # a real picture, not a blank canvas
+    assert "mIoU" in format_table(result["metrics"])
+
+
+class _Crash(keras.callbacks.Callback):
+    """Simulates a killed run: dies at the start of epoch `at` (0-based)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+@pytest.mark.slow
+def test_rerunning_a_killed_run_resumes_from_its_backup(tmp_path, monkeypatch):
+    spec = blob_spec(tmp_path)
+    out = str(tmp_path / "run")
+    original_fit = keras.Model.fit
+
+    def crashing_fit(self, *args, callbacks=None, **kwargs):
+        return original_fit(self, *args, callbacks=list(callbacks) + [_Crash(3)], **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", crashing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, out, model="unet", model_kwargs=TINY, epochs=6, steps_per_epoch=2, batch_size=2, verbose=0)
+    monkeypatch.setattr(keras.Model, "fit", original_fit)
+    assert os.path.isdir(os.path.join(out, "backup"))
+    result = train(spec, out, model="unet", model_kwargs=TINY, epochs=6, steps_per_epoch=2, batch_size=2, verbose=0)
+    assert result["metrics"]["epochs_run"] == 3  # epochs 4-6 only: 1-3 were restored
+    with open(os.path.join(out, "history.csv")) as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == [0, 1, 2, 3, 4, 5]
+    assert not os.path.exists(os.path.join(out, "backup"))  # removed after a completed run
+
+
+def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", loss=lambda y, p: keras.ops.log(p * 0.0))  # -inf from the first step
+    guard = kcallbacks.StopOnNonFiniteLoss(str(tmp_path / "best.keras"))
+    with pytest.raises(kcallbacks.NonFiniteLoss, match=r"epoch 1, step 1.*none written yet"):
+        model.fit(np.ones((4, 4)), np.ones((4, 1)), batch_size=2, callbacks=[guard], verbose=0)
+
+
+def test_best_checkpoint_keeps_the_best_epoch(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    best = kcallbacks.BestCheckpoint(str(tmp_path / "best.keras"), monitor="val_score", mode="max")
+    best.set_model(model)
+    for epoch, score in enumerate([0.2, 0.5, 0.4]):
+        best.on_epoch_end(epoch, {"val_score": score})
+    assert best.best == 0.5 and best.best_epoch == 1
+    assert os.path.exists(tmp_path / "best.keras")
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+
+
+def test_loss_and_schedule_names():
+    for name in ("ce", "dice", "ce_dice", "focal"):
+        assert build_loss(name, 3, ignore_class=255) is not None
+    assert build_loss("weighted_ce", 2, class_weights=[1.0, 3.0]).get_config()["class_weights"] == [1.0, 3.0]
+    with pytest.raises(ValueError, match="needs 2 class weights"):
+        build_loss("weighted_ce", 2)
+    with pytest.raises(ValueError, match="unknown loss 'l2'"):
+        build_loss("l2", 2)
+    cosine = build_schedule("cosine", 1e-3, 100)
+    assert float(cosine(0)) == pytest.approx(1e-3) and float(cosine(100)) == pytest.approx(1e-5)
+    assert build_schedule("constant", 1e-3, 10) == 1e-3
+
+
+def test_data_spec_checks_class_names():
+    with pytest.raises(ValueError, match="class_names` has 1 names; expected num_classes = 2"):
+        DataSpec(images="a", masks="b", num_classes=2, image_size=(8, 8), class_names=["x"])
+
+
+@pytest.mark.slow
+def test_training_on_crops_validates_on_whole_images(tmp_path):
+    images, masks = write_blob_folder(tmp_path / "data", count=6)
+    spec = DataSpec(images=images, masks=masks, num_classes=2, remap={0: 0, 255: 1}, channels=1,
+                    image_size=None, crop_size=(16, 16), val_fraction=0.34)
+    assert spec.model_input_shape == (None, None, 1)
+    result = train(spec, str(tmp_path / "run"), model="unet", model_kwargs=TINY, epochs=2, steps_per_epoch=2,
+                   batch_size=2, verbose=0)
+    # Validation ran on the whole 32x32 images: 2 held-out images of 1024 pixels each.
+    assert result["metrics"]["num_pixels"] == 2 * 32 * 32
+    assert load_run(str(tmp_path / "run"))["data"].crop_size == (16, 16)
+
+
+@pytest.mark.slow
+def test_mixed_precision_trains_with_float32_logits_and_restores_the_policy(tmp_path):
+    spec = blob_spec(tmp_path)
+    result = train(spec, str(tmp_path / "run"), model="unet", model_kwargs=TINY, epochs=2, steps_per_epoch=2,
+                   batch_size=2, mixed_precision=True, verbose=0)
+    assert all(np.isfinite(result["history"]["loss"]))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    model = keras.models.load_model(result["paths"]["final.keras"])
+    assert model.get_layer("enc0_1_conv").compute_dtype == "float16"
+    assert model.get_layer("logits").compute_dtype == "float32"
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_cpu_replicas(tmp_path):
+    # Logical CPU devices must be configured before TensorFlow starts: a fresh process.
+    import subprocess
+    import sys
+
+    images, masks = write_blob_folder(tmp_path / "data", count=6)
+    out = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "-m", "kseg.cli", "train", "--images", images, "--masks", masks, "--num-classes", "2",
+         "--remap", "0:0,255:1", "--channels", "1", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
+         "--set", "filters=4", "--set", "depth=2", "--strategy", "mirrored", "--cpu-replicas", "2",
+         "--output", str(out), "--quiet"],
+        check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+    )
+    run = load_run(str(out))
+    assert run["train"]["replicas"] == 2 and run["train"]["strategy"] == "mirrored"
+    assert json.load(open(out / "metrics.json"))["epochs_run"] == 2
+    assert os.path.isdir(out / "logs")  # TensorBoard
