@@ -7,7 +7,7 @@ Two readings of "256x256", both measured:
                           (the U-Net paper trains on tiles), whole 512x512 images for validation;
   --protocol downsampled  every pair resized to 256x256 (masks by nearest neighbour, which
                           breaks the 1-3 px membranes at random, in the validation labels too).
-Writes benchmarks/results/isbi_unet_<protocol>_<loss>_f<filters>.json and prints a per-class table.
+Writes benchmarks/results/isbi_unet_<protocol>_<loss>_f<filters>_lr<lr>.json and prints a per-class table.
 
     python benchmarks/isbi_unet.py [--protocol crops] [--budget 590] [--filters 16]
 """
@@ -66,7 +66,7 @@ def main():
         "run_folder": args.output or f"{work}/run",
     }
     summary["target_met"] = bool(summary["val_mean_iou"] >= 0.80 and summary["train_seconds"] <= 600)
-    report(f"isbi_unet_{args.protocol}_{args.loss}_f{args.filters}", summary,
+    report(f"isbi_unet_{args.protocol}_{args.loss}_f{args.filters}_lr{args.lr:g}", summary,
            ("val_mean_iou", "train_seconds", "epochs_run", "steps_per_second", "target_met"))
 
 if __name__ == "__main__":

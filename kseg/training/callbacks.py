@@ -7,6 +7,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kseg.utils import atomic_path
 
@@ -66,12 +67,17 @@ class Validation(keras.callbacks.Callback):
         self.num_classes = num_classes
         self.ignore_class = ignore_class
         self.loss = loss
+        self._forward = None
 
     def on_epoch_end(self, epoch, logs=None):
         from kseg.training.evaluate import evaluate_model
 
+        if self._forward is None:  # traced once per input shape, reused every epoch
+            model = self.model
+            self._forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True,
+                                        autograph=False)
         summary = evaluate_model(self.model, self.dataset, self.num_classes, self.ignore_class, loss=self.loss,
-                                 verbose=0)
+                                 forward=self._forward, verbose=0)
         if logs is not None:
             for key in ("loss", "mean_iou", "pixel_accuracy", "mean_dice"):
                 if key in summary:

@@ -6,7 +6,8 @@ from kseg import metrics as kmetrics
 from kseg.utils import ProgressBar
 
 
-def evaluate_model(model, dataset, num_classes, ignore_class=None, class_names=None, loss=None, verbose=1):
+def evaluate_model(model, dataset, num_classes, ignore_class=None, class_names=None, loss=None, forward=None,
+                   verbose=1):
     """Per-class IoU / Dice, mIoU and pixel accuracy of `model` on `dataset`.
 
     Runs on one device, batch by batch, so any batch size and any image size work, also
@@ -18,16 +19,19 @@ def evaluate_model(model, dataset, num_classes, ignore_class=None, class_names=N
         num_classes, ignore_class: as in training.
         class_names: K names for the report, or None.
         loss: a kseg loss (its `call` gives one value per image); adds "loss", the mean over images.
+        forward: images -> logits; default `model(images, training=False)` (eager). Pass a
+            `tf.function` kept across calls to evaluate repeatedly without retracing.
 
     Returns:
         The `kseg.metrics.ConfusionMatrix` summary dict (JSON-ready).
     """
     matrix = kmetrics.ConfusionMatrix(num_classes, ignore_class=ignore_class)
+    forward = forward or (lambda images: model(images, training=False))
     loss_sum, images_seen = 0.0, 0
     cardinality = int(dataset.cardinality())
     bar = ProgressBar(total=cardinality if cardinality > 0 else None, desc="evaluate") if verbose else None
     for images, masks in dataset:
-        logits = model(images, training=False)
+        logits = forward(images)
         matrix.update(masks.numpy(), np.argmax(logits.numpy(), axis=-1))
         if loss is not None:
             loss_sum += float(np.sum(loss.call(masks, logits)))

@@ -13,13 +13,13 @@ import keras
 from keras import layers
 
 from kseg.models.unet import blocks
-from kseg.models.validation import check_choice, check_kwargs, dtype_policy_scope
+from kseg.models.base import SegmentationModel, check_choice, check_kwargs, dtype_policy_scope
 
 ENCODERS = ("mobilenetv3_small", "mobilenetv3_large", "separable")
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class MobileUNet(keras.Model):
+class MobileUNet(SegmentationModel):
     """U-Net with a mobile encoder, for real-time segmentation on phones.
 
     The "mobilenetv3_*" encoders are `keras.applications` MobileNetV3 (Howard et al. 2019)
@@ -78,8 +78,6 @@ class MobileUNet(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
 
         # === Config ===
-        # The policy the layers were built under (keras.Model keeps its own at float32).
-        self.build_dtype = kwargs.get("dtype") or keras.mixed_precision.global_policy().name
         self.num_classes = num_classes
         self.image_shape = input_shape
         self.encoder = encoder
@@ -96,14 +94,8 @@ class MobileUNet(keras.Model):
             "encoder_weights": None,
             "decoder_filters": list(self.decoder_filters),
             "encoder_filters": list(self.encoder_filters),
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": self.build_dtype,
+            **self.base_config(),
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def _mobilenet_encoder(inputs, encoder, weights):

@@ -9,11 +9,11 @@ import keras
 from keras import layers
 
 from kseg.models.unet import blocks
-from kseg.models.validation import check_choice, check_kwargs, dtype_policy_scope
+from kseg.models.base import SegmentationModel, check_choice, check_kwargs, dtype_policy_scope
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class UNet(keras.Model):
+class UNet(SegmentationModel):
     """U-Net: a contracting path, an expanding path and skip connections that concatenate.
 
     With the defaults (depth 4, 64 filters, plain blocks, transposed-conv upsampling) this is
@@ -96,8 +96,6 @@ class UNet(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
 
         # === Config ===
-        # The policy the layers were built under (keras.Model keeps its own at float32).
-        self.build_dtype = kwargs.get("dtype") or keras.mixed_precision.global_policy().name
         self.num_classes = num_classes
         self.image_shape = input_shape
         self.depth = depth
@@ -121,14 +119,8 @@ class UNet(keras.Model):
             "upsampling": self.upsampling,
             "attention": self.attention,
             "padding": self.padding,
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": self.build_dtype,
+            **self.base_config(),
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
 def valid_output_size(size, depth=4):

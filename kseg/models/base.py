@@ -1,5 +1,5 @@
-"""Shared by model constructors: argument checks (errors name the argument, the value and what fits)
-and the dtype policy scope."""
+"""Shared by kseg models: the base class, argument checks (errors name the argument, the value
+and what fits) and the dtype policy scope."""
 
 import contextlib
 
@@ -37,3 +37,26 @@ def dtype_policy_scope(dtype):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+class SegmentationModel(keras.Model):
+    """Base of kseg's models: a functional graph built in `__init__` from plain arguments.
+
+    Subclasses build their graph under `dtype_policy_scope`, call
+    `super().__init__(inputs=..., outputs=..., name=..., **kwargs)`, then store one attribute
+    per constructor argument and return them from `get_config()` merged with
+    `base_config()`. Reloading calls the constructor again (`from_config`), so a saved
+    model holds no pickled code and loads in safe mode.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The policy the layers were built under (keras.Model keeps its own at float32).
+        self.build_dtype = kwargs.get("dtype") or keras.mixed_precision.global_policy().name
+
+    def base_config(self):
+        return {"name": self.name, "trainable": self.trainable, "dtype": self.build_dtype}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
