@@ -163,7 +163,7 @@ def _load_model(args, run_dir):
 def cmd_evaluate(args):
     from kseg import data as kdata
     from kseg.training import evaluate_model, format_table, load_run
-    from kseg.training.trainer import load_splits
+    from kseg.training.trainer import split, validate
     from kseg.utils import write_json
 
     run = load_run(args.run)
@@ -171,9 +171,9 @@ def cmd_evaluate(args):
     model = _load_model(args, args.run)
     if args.images:
         pairs = kdata.find_pairs(args.images, args.masks or args.images)
-        kdata.validate_pairs(pairs, spec.num_classes, spec.ignore_class, spec.remap, spec.channels)
     else:
-        _, pairs, _ = load_splits(spec)
+        _, pairs = split(spec)  # the run's validation pairs
+    validate(spec, pairs, "evaluation")
     dataset = kdata.folder_dataset(
         pairs, image_size=spec.image_size, channels=spec.channels,
         batch_size=args.batch_size if spec.image_size else 1,

@@ -57,6 +57,8 @@ def test_train_learns_a_simple_task_and_writes_every_artefact(tmp_path):
     run = load_run(out)
     assert run["data"] == spec or run["data"].image_size == spec.image_size
     assert run["model"]["kwargs"] == TINY
+    counts = run["train"]["class_pixels"]
+    assert sum(counts["train"]) + sum(counts["val"]) == 8 * 32 * 32  # every pixel of the 8 pairs, by class
     curves = np.asarray(Image.open(os.path.join(out, "curves.png")))
     assert curves.ndim == 3 and curves.std() > 10  # a real picture, not a blank canvas
     assert "mIoU" in format_table(result["metrics"])

@@ -60,21 +60,27 @@ def build_schedule(name, learning_rate, total_steps):
     raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}.")
 
 
-def load_splits(spec):
-    """Pairs and validates the training and validation files of `spec` before any training."""
+def split(spec):
+    """(train pairs, validation pairs) of `spec`: its validation folders, or a held-out share."""
     pairs = kdata.find_pairs(spec.images, spec.masks)
     if spec.val_images:
-        train_pairs = pairs
-        val_pairs = kdata.find_pairs(spec.val_images, spec.val_masks or spec.val_images)
-    else:
-        train_pairs, val_pairs = kdata.split_pairs(pairs, val_fraction=spec.val_fraction, seed=spec.split_seed)
-    summaries = {}
-    for name, split in (("train", train_pairs), ("val", val_pairs)):
-        if not split:
-            raise kdata.DataError(f"the {name} split is empty ({len(pairs)} pairs, val_fraction={spec.val_fraction}).")
-        summaries[name] = kdata.validate_pairs(
-            split, num_classes=spec.num_classes, ignore_class=spec.ignore_class, remap=spec.remap, channels=spec.channels
-        )
+        return pairs, kdata.find_pairs(spec.val_images, spec.val_masks or spec.val_images)
+    return kdata.split_pairs(pairs, val_fraction=spec.val_fraction, seed=spec.split_seed)
+
+
+def validate(spec, pairs, name):
+    """Checks every pair of one split before any training; returns its summary."""
+    if not pairs:
+        raise kdata.DataError(f"the {name} split is empty (val_fraction={spec.val_fraction}).")
+    return kdata.validate_pairs(
+        pairs, num_classes=spec.num_classes, ignore_class=spec.ignore_class, remap=spec.remap, channels=spec.channels
+    )
+
+
+def load_splits(spec):
+    """Pairs and validates the training and validation files of `spec` before any training."""
+    train_pairs, val_pairs = split(spec)
+    summaries = {name: validate(spec, pairs, name) for name, pairs in (("train", train_pairs), ("val", val_pairs))}
     return train_pairs, val_pairs, summaries
 
 
@@ -169,6 +175,7 @@ def train(
             schedule=schedule, loss=loss, class_weights=class_weights, augment=augment, strategy=strategy,
             replicas=dist.num_replicas_in_sync, mixed_precision=mixed_precision, seed=seed,
             train_pairs=len(train_pairs), val_pairs=len(val_pairs),
+            class_pixels={name: summary["class_pixels"] for name, summary in summaries.items()},
         ), time_budget, verbose)
     finally:
         if mixed_precision:
