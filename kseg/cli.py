@@ -163,7 +163,7 @@ def _load_model(args, run_dir):
 def cmd_evaluate(args):
     from kseg import data as kdata
     from kseg.training import evaluate_model, format_table, load_run
-    from kseg.training.trainer import split, validate
+    from kseg.training.trainer import split, val_dataset, validate
     from kseg.utils import write_json
 
     run = load_run(args.run)
@@ -174,11 +174,7 @@ def cmd_evaluate(args):
     else:
         _, pairs = split(spec)  # the run's validation pairs
     validate(spec, pairs, "evaluation")
-    dataset = kdata.folder_dataset(
-        pairs, image_size=spec.image_size, channels=spec.channels,
-        batch_size=args.batch_size if spec.image_size else 1,
-        remap=spec.remap, ignore_class=spec.ignore_class,
-    )
+    dataset = val_dataset(spec, pairs, args.batch_size)
     summary = evaluate_model(model, dataset, spec.num_classes, spec.ignore_class, spec.class_names,
                              verbose=0 if args.quiet else 1)
     output = args.output or os.path.join(args.run, "evaluation.json")

@@ -341,3 +341,18 @@ def test_crop_size_cuts_the_same_window_from_image_and_mask(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(DataError, match="crop_size"):
         folder_dataset(pairs, crop_size=(16,))
+
+
+def test_validate_counts_match_the_class_weight_counting(tmp_path):
+    from kseg.losses import class_pixel_counts
+
+    (tmp_path / "im").mkdir()
+    (tmp_path / "ma").mkdir()
+    masks = [np.array([[0, 0], [0, 1]]), np.array([[1, 1], [2, 255]]), np.array([[0, 2], [255, 255]])]
+    for i, mask in enumerate(masks):
+        _save(tmp_path / "ma" / f"{i}.png", mask.astype(np.uint8))
+        _save(tmp_path / "im" / f"{i}.png", np.zeros((2, 2), np.uint8))
+    summary = validate_pairs(find_pairs(tmp_path / "im", tmp_path / "ma"), num_classes=4, ignore_class=255)
+    pixels, image_pixels = class_pixel_counts(masks, 4, ignore_class=255)
+    assert summary["class_pixels"] == pixels.tolist() == [4, 3, 2, 0]
+    assert summary["class_image_pixels"] == image_pixels.tolist() == [6, 7, 5, 0]

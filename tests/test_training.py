@@ -179,3 +179,19 @@ def test_mirrored_strategy_over_two_cpu_replicas(tmp_path):
     assert run["train"]["replicas"] == 2 and run["train"]["strategy"] == "mirrored"
     assert json.load(open(out / "metrics.json"))["epochs_run"] == 2
     assert os.path.isdir(out / "logs")  # TensorBoard
+
+
+@pytest.mark.slow
+def test_median_frequency_weights_come_from_the_training_masks(tmp_path):
+    from kseg.data import apply_remap, read_mask, remap_table
+    from kseg.losses import median_frequency_weights
+    from kseg.training.trainer import split
+
+    spec = blob_spec(tmp_path)
+    result = train(spec, str(tmp_path / "run"), model="unet", model_kwargs=TINY, epochs=1, steps_per_epoch=1,
+                   batch_size=2, loss="weighted_ce", class_weights="median_frequency", verbose=0)
+    train_pairs, _ = split(spec)
+    table = remap_table(spec.remap)
+    expected = median_frequency_weights([apply_remap(read_mask(m), table) for _, m in train_pairs], 2)
+    np.testing.assert_allclose(result["run"]["train"]["class_weights"], expected, rtol=1e-12)
+    assert result["run"]["train"]["class_weights"][0] < result["run"]["train"]["class_weights"][1]  # blobs rarer

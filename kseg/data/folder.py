@@ -177,7 +177,9 @@ def validate_pairs(pairs, num_classes, ignore_class=None, remap=None, channels=N
     Returns:
         dict: "count" pairs, "image_sizes" sorted [H, W] pairs, "channels" sorted channel
         counts of the files (alpha excluded), "image_modes" and "mask_modes" (Pillow modes),
-        "class_pixels" [num_classes] pixel counts, "ignore_pixels" int.
+        "class_pixels" [num_classes] pixel counts, "class_image_pixels" [num_classes] counted
+        pixels of the images where each class appears (for median-frequency weights),
+        "ignore_pixels" int.
 
     Raises:
         DataError: naming each offending file with the value seen and the value expected.
@@ -192,6 +194,7 @@ def validate_pairs(pairs, num_classes, ignore_class=None, remap=None, channels=N
     table = remap_table(remap)
     sizes, chans, image_modes, mask_modes = set(), set(), set(), set()
     class_pixels = np.zeros(num_classes, np.int64)
+    class_image_pixels = np.zeros(num_classes, np.int64)
     ignore_pixels, problems = 0, []
     for image_path, mask_path in progress(pairs, total=len(pairs), desc="validate"):
         try:
@@ -222,14 +225,17 @@ def validate_pairs(pairs, num_classes, ignore_class=None, remap=None, channels=N
         chans.add(IMAGE_MODES[image.mode])
         image_modes.add(image.mode)
         mask_modes.add(mask_mode)
-        class_pixels += np.bincount(mask[valid & ~ignored], minlength=num_classes)[:num_classes]
+        counts = np.bincount(mask[valid & ~ignored], minlength=num_classes)[:num_classes]
+        class_pixels += counts
+        class_image_pixels += np.where(counts > 0, counts.sum(), 0)
         ignore_pixels += int(ignored.sum())
     if problems:
         raise DataError(f"validate_pairs: {len(problems)} of {len(pairs)} pairs have problems "
                         f"(showing up to {_SHOW}):\n  " + "\n  ".join(problems[:_SHOW]))
     return {"count": len(pairs), "image_sizes": sorted(list(s) for s in sizes),
             "channels": sorted(chans), "image_modes": sorted(image_modes), "mask_modes": sorted(mask_modes),
-            "class_pixels": class_pixels.tolist(), "ignore_pixels": ignore_pixels}
+            "class_pixels": class_pixels.tolist(), "class_image_pixels": class_image_pixels.tolist(),
+            "ignore_pixels": ignore_pixels}
 
 
 def _check_pairs(pairs, where):

@@ -103,8 +103,28 @@ def confusion_summary(cm, class_names=None):
     }
 
 
+class _ConfusionScores:
+    """Eager NumPy scores of an accumulated matrix; the class provides `confusion()`."""
+
+    def per_class_iou(self):
+        """NumPy float64 `[K]` IoU, NaN for absent classes."""
+        return confusion_ops.iou_from_confusion(self.confusion()).numpy()
+
+    def per_class_dice(self):
+        """NumPy float64 `[K]` Dice (F1), NaN for absent classes."""
+        return confusion_ops.dice_from_confusion(self.confusion()).numpy()
+
+    def pixel_accuracy(self):
+        """Python float, fraction of counted pixels predicted right."""
+        return float(confusion_ops.pixel_accuracy_from_confusion(self.confusion()))
+
+    def summary(self, class_names=None):
+        """`confusion_summary` of the accumulated matrix."""
+        return confusion_summary(self.confusion(), class_names)
+
+
 @keras.saving.register_keras_serializable(package="kseg")
-class ConfusionMatrixMetric(keras.metrics.Metric):
+class ConfusionMatrixMetric(_ConfusionScores, keras.metrics.Metric):
     """Streaming `[K, K]` confusion matrix of a segmentation, with an ignore label.
 
     `result()` is the float64 confusion matrix; in `compile(metrics=...)` use the
@@ -164,22 +184,6 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
     def confusion(self):
         """NumPy float64 `[K, K]`, rows = truth, columns = prediction (eager only)."""
         return keras.ops.convert_to_numpy(self.total_cm)
-
-    def per_class_iou(self):
-        """NumPy float64 `[K]` IoU, NaN for absent classes (eager only)."""
-        return confusion_ops.iou_from_confusion(self.confusion()).numpy()
-
-    def per_class_dice(self):
-        """NumPy float64 `[K]` Dice (F1), NaN for absent classes (eager only)."""
-        return confusion_ops.dice_from_confusion(self.confusion()).numpy()
-
-    def pixel_accuracy(self):
-        """Python float, fraction of counted pixels predicted right (eager only)."""
-        return float(confusion_ops.pixel_accuracy_from_confusion(self.confusion()))
-
-    def summary(self, class_names=None):
-        """`confusion_summary` of the accumulated matrix (eager only)."""
-        return confusion_summary(self.confusion(), class_names)
 
     def get_config(self):
         config = super().get_config()
@@ -246,7 +250,7 @@ class PixelAccuracy(ConfusionMatrixMetric):
         return tf.cast(confusion_ops.pixel_accuracy_from_confusion(self.total_cm), self.dtype)
 
 
-class ConfusionMatrix:
+class ConfusionMatrix(_ConfusionScores):
     """Plain streaming confusion matrix for evaluation loops (`kseg evaluate`).
 
     Holds an exact int64 NumPy `[K, K]` matrix (rows = truth, columns = prediction),
@@ -284,18 +288,6 @@ class ConfusionMatrix:
     def reset(self):
         self.matrix[...] = 0
 
-    def per_class_iou(self):
-        """NumPy float64 `[K]` IoU, NaN for absent classes."""
-        return confusion_ops.iou_from_confusion(self.matrix).numpy()
-
-    def per_class_dice(self):
-        """NumPy float64 `[K]` Dice (F1), NaN for absent classes."""
-        return confusion_ops.dice_from_confusion(self.matrix).numpy()
-
-    def pixel_accuracy(self):
-        """Python float, fraction of counted pixels predicted right."""
-        return float(confusion_ops.pixel_accuracy_from_confusion(self.matrix))
-
-    def summary(self, class_names=None):
-        """`confusion_summary` of the accumulated matrix."""
-        return confusion_summary(self.matrix, class_names)
+    def confusion(self):
+        """The int64 `[K, K]` matrix, rows = truth, columns = prediction."""
+        return self.matrix

@@ -26,9 +26,9 @@ def run_demo(output_dir="kseg-demo", epochs=60, time_budget=150.0, verbose=1):
     """Trains, evaluates and draws; returns {"mean_iou", "overlay", "curves", "train_seconds", ...}."""
     import keras
 
-    from kseg.data import find_pairs, read_image, read_mask, split_pairs
+    from kseg.data import apply_remap, read_image, read_mask, remap_table
     from kseg.training.predict import predict_logits
-    from kseg.training.trainer import train
+    from kseg.training.trainer import split, train
 
     spec = demo_spec()
     run_dir = os.path.join(output_dir, "run")
@@ -38,12 +38,13 @@ def run_demo(output_dir="kseg-demo", epochs=60, time_budget=150.0, verbose=1):
         time_budget=time_budget, verbose=verbose,
     )
     model = keras.models.load_model(result["paths"]["best.keras"])
-    _, val_pairs = split_pairs(find_pairs(spec.images, spec.masks), spec.val_fraction, seed=spec.split_seed)
+    _, val_pairs = split(spec)
+    table = remap_table(spec.remap)
     colors = np.array([[230, 60, 60], [40, 40, 40]], dtype=np.uint8)  # membrane red, cell untinted
     rows = []
     for image_path, mask_path in val_pairs:
         image = read_image(image_path, channels=1)
-        truth = np.vectorize(ISBI_REMAP.get)(read_mask(mask_path))
+        truth = apply_remap(read_mask(mask_path), table)
         pred = predict_logits(model, image, spec.image_size).argmax(-1)
         rows.append(viz.side_by_side(
             [image[..., 0].astype(np.uint8),

@@ -84,19 +84,23 @@ def load_splits(spec):
     return train_pairs, val_pairs, summaries
 
 
+def _reading(spec):
+    return dict(image_size=spec.image_size, channels=spec.channels, remap=spec.remap, ignore_class=spec.ignore_class)
+
+
+def val_dataset(spec, pairs, batch_size):
+    """Whole images, in order, read as in training (batch 1 when file sizes are kept: they may differ)."""
+    return kdata.folder_dataset(pairs, batch_size=batch_size if spec.image_size else 1, **_reading(spec))
+
+
 def make_datasets(spec, train_pairs, val_pairs, batch_size, augment=True, seed=0):
     """(train, val) tf.data pipelines; the training one repeats forever (fit counts steps)."""
     augmenter = kdata.Augment(ignore_class=spec.ignore_class) if augment else None
-    common = dict(
-        image_size=spec.image_size, channels=spec.channels, remap=spec.remap, ignore_class=spec.ignore_class
-    )
     train = kdata.folder_dataset(
         train_pairs, batch_size=batch_size, augment=augmenter, shuffle=True, repeat=True, seed=seed,
-        drop_remainder=True, crop_size=spec.crop_size, **common,
+        drop_remainder=True, crop_size=spec.crop_size, **_reading(spec),
     )
-    # Whole validation images: file sizes may differ when they are not resized, so batch 1 then.
-    val = kdata.folder_dataset(val_pairs, batch_size=batch_size if spec.image_size else 1, **common)
-    return train, val
+    return train, val_dataset(spec, val_pairs, batch_size)
 
 
 def train(
@@ -145,11 +149,11 @@ def train(
     keras.utils.set_random_seed(seed)
     dist = get_strategy(strategy, cpu_replicas=cpu_replicas)
     train_pairs, val_pairs, summaries = load_splits(spec)
-    if class_weights == "median_frequency":
-        masks = kdata.folder_dataset(
-            train_pairs, image_size=spec.image_size, channels=spec.channels, remap=spec.remap, batch_size=8
-        ).map(lambda images, masks: masks)
-        class_weights = klosses.median_frequency_weights(masks, spec.num_classes, spec.ignore_class).tolist()
+    if class_weights == "median_frequency":  # from the counts the file checks already made
+        counts = summaries["train"]
+        class_weights = klosses.median_frequency_weights_from_counts(
+            counts["class_pixels"], counts["class_image_pixels"]
+        ).tolist()
     if steps_per_epoch is None:
         steps_per_epoch = max(len(train_pairs) // batch_size, 1)
     train_ds, val_ds = make_datasets(spec, train_pairs, val_pairs, batch_size, augment=augment, seed=seed)
