@@ -85,3 +85,37 @@ def report(name, summary, keys):
     print_table(summary["per_class"], ["name", "iou", "dice", "pixels"])
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
     print(f"results: {path}")
+
+
+def isbi_pairs():
+    """The 30 ISBI 2012 (image, mask) pairs in slice order."""
+    from kseg.data import find_pairs
+
+    root = require_shared("isbi2012-membranes", "train")
+    return sorted(find_pairs(root / "image", root / "label"), key=lambda p: int(Path(p[0]).stem))
+
+
+def isbi_tiles(folder, size=256):
+    """Cuts the ISBI pairs into size x size tiles: slices 0-23 -> folder/train, 24-29 -> folder/val.
+
+    Returns {"train": (images, masks), "val": (images, masks)} folders. Tiles are native
+    resolution (no resizing), so the 1-3 px membranes stay intact at the model's input size.
+    """
+    from PIL import Image
+
+    pairs = isbi_pairs()
+    out = {}
+    for split, subset in (("train", pairs[:24]), ("val", pairs[24:])):
+        images, masks = Path(folder) / split / "images", Path(folder) / split / "masks"
+        images.mkdir(parents=True, exist_ok=True)
+        masks.mkdir(parents=True, exist_ok=True)
+        for image_path, mask_path in subset:
+            image, mask = Image.open(image_path), Image.open(mask_path)
+            stem = Path(image_path).stem
+            for top in range(0, image.height - size + 1, size):
+                for left in range(0, image.width - size + 1, size):
+                    box = (left, top, left + size, top + size)
+                    image.crop(box).save(images / f"{stem}_{top}_{left}.png")
+                    mask.crop(box).save(masks / f"{stem}_{top}_{left}.png")
+        out[split] = (str(images), str(masks))
+    return out

@@ -15,7 +15,7 @@ Writes benchmarks/results/isbi_unet_<protocol>_<loss>_f<filters>_lr<lr>.json and
 import argparse
 import tempfile
 
-from common import link_subset, report, require_shared, training_summary
+from common import isbi_pairs, link_subset, report, training_summary
 
 
 def main():
@@ -31,11 +31,9 @@ def main():
     parser.add_argument("--output", default=None, help="run folder (default: a temporary folder)")
     args = parser.parse_args()
 
-    from kseg.data import find_pairs
     from kseg.training import DataSpec, train
 
-    root = require_shared("isbi2012-membranes", "train")
-    pairs = sorted(find_pairs(root / "image", root / "label"), key=lambda p: int(p[0].rsplit("/", 1)[1][:-4]))
+    pairs = isbi_pairs()
     work = tempfile.mkdtemp(prefix="kseg-isbi-")
     train_images, train_masks = link_subset(pairs[:24], f"{work}/train")
     val_images, val_masks = link_subset(pairs[24:], f"{work}/val")

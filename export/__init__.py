@@ -1,11 +1,12 @@
-"""kseg export: TFLite conversion (needs TensorFlow) and, later, the edge runtime (does not).
+"""kseg export: TFLite conversion and its report (need TensorFlow); the edge runtime, metadata
+reader and benchmark (`runtime`, `metadata`, `bench`: numpy, Pillow and ai-edge-litert only).
 
 Submodules load on first use so that the edge-side modules import without TensorFlow.
 """
 
 import importlib
 
-__all__ = ["tflite"]
+__all__ = ["bench", "metadata", "report", "runtime", "tflite"]
 
 
 def __getattr__(name):

@@ -1,9 +1,13 @@
-"""Keras model -> TFLite flatbuffer with static shapes and builtin ops only.
+"""Keras model -> TFLite flatbuffers: fp32, fp16, dynamic-range and full-integer int8 variants.
 
-The exported graph takes one image [1, H, W, C] float32 (raw pixels in [0, 255]) and
-returns the model's output at batch 1. Static shapes are required by the GPU delegate;
-builtin ops are required by ai-edge-litert's interpreter and by phones without the large
-select-TF-ops library, so a graph that would need Flex ops fails here, naming them.
+Every exported graph has static shapes (batch 1, fixed H x W): the GPU delegate needs them.
+Only builtin TFLite ops are allowed unless Flex is asked for explicitly: ai-edge-litert's
+interpreter and phones without the large select-TF-ops library cannot run Flex ops, so a graph
+that would need them fails here, naming them.
+
+`device_model` puts the phone-side pre- and post-processing into the graph: a uint8 frame in
+(optionally RGB for a grey model), and logits, probabilities or a class map + confidence map
+out.
 """
 
 import contextlib
@@ -14,6 +18,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+INPUT_TYPES = ("float32", "uint8")
+OUTPUTS = ("logits", "probabilities", "class_map")
+INT8_IO = ("uint8", "float32")
+# ITU-R BT.601 luma, the weights Pillow's convert("L") uses: a grey model trained on
+# Pillow-decoded images sees the same values when the phone feeds it RGB.
+LUMA = (0.299, 0.587, 0.114)
+
 
 class FlexOpsError(RuntimeError):
     """The model needs TensorFlow (Flex / select-TF) ops that TFLite builtins lack."""
@@ -23,7 +35,7 @@ class FlexOpsError(RuntimeError):
         super().__init__(
             f"conversion needs non-builtin TensorFlow ops {self.ops or '(unnamed)'}; "
             "expected builtin TFLite ops only. Rewrite those ops with builtins, or allow Flex "
-            f"explicitly (allow_flex=True). Converter said: {detail}"
+            f"explicitly (allow_flex=True, `kseg export --allow-flex`). Converter said: {detail}"
         )
 
 
@@ -35,12 +47,72 @@ def static_input_shape(model, image_size=None):
     if image_size is not None:
         shape[1], shape[2] = int(image_size[0]), int(image_size[1])
     if shape[1] is None or shape[2] is None or shape[3] is None:
-        raise ValueError(f"the model's input {shape} has dynamic dimensions; pass image_size=(H, W).")
+        raise ValueError(
+            f"the model's input {shape} has dynamic dimensions; pass image_size=(H, W) (`--image-size H W`)."
+        )
     return [1] + shape[1:]
 
 
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}.")
+
+
+def device_model(model, image_size=None, input_type="float32", output="logits", rgb_input=False):
+    """`model` at batch 1 and a fixed size, with the phone-side pre/post-processing in the graph.
+
+    Args:
+        model: a kseg model (raw pixels [0, 255] in, float32 logits [B, H, W, K] out).
+        image_size: (H, W) for models built with dynamic H, W.
+        input_type: "float32" (raw pixels as floats) or "uint8" (a camera frame as it is).
+        output: "logits"; "probabilities" (softmax); or "class_map", which returns two
+            outputs: the class map [1, H, W] (int32, ARG_MAX) and the confidence map
+            [1, H, W] (float32, the top class's probability).
+        rgb_input: for a one-channel (grey) model, take RGB and convert it to grey in the
+            graph with the BT.601 luma weights (a 1x1 convolution).
+
+    Returns:
+        A Keras model with a batch-1 input named "image".
+    """
+    _check_choice("input_type", input_type, INPUT_TYPES)
+    _check_choice("output", output, OUTPUTS)
+    shape = static_input_shape(model, image_size)
+    channels = shape[3]
+    if rgb_input and channels != 1:
+        raise ValueError(f"rgb_input=True converts RGB to grey for a 1-channel model; this model takes {channels} channels.")
+    in_channels = 3 if rgb_input else channels
+    # A batch-1 Input in front of the model fixes every shape in the traced graph, which
+    # also removes the SHAPE/PACK ops that a dynamic batch adds around transposed convs.
+    image = keras.Input(shape=(shape[1], shape[2], in_channels), batch_size=1, dtype=input_type, name="image")
+    x = image
+    if input_type != "float32":
+        x = keras.ops.cast(x, "float32")
+    if rgb_input:
+        x = keras.ops.conv(x, keras.ops.reshape(keras.ops.convert_to_tensor(LUMA, "float32"), (1, 1, 3, 1)))
+    logits = model(x, training=False)
+    if output == "logits":
+        outputs = logits
+    elif output == "probabilities":
+        outputs = keras.ops.softmax(logits, axis=-1)
+    else:
+        outputs = _ClassMap(name="class_map")(logits)
+    return keras.Model(image, outputs, name=model.name)
+
+
+class _ClassMap(keras.layers.Layer):
+    """logits -> [class map (int32 ARG_MAX), confidence (top softmax probability)].
+
+    tf.argmax directly: keras.ops.argmax adds sign-bit ops (BitwiseAnd) for -0.0 ties,
+    which are not TFLite builtins.
+    """
+
+    def call(self, logits):
+        confidence = tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1)
+        return [tf.argmax(logits, axis=-1, output_type=tf.int32), confidence]
+
+
 def convert(model, image_size=None, allow_flex=False, optimizations=None, supported_types=None):
-    """Converts `model` to a TFLite flatbuffer at batch 1 and a fixed size.
+    """Converts `model` as it is (float in, float out) at batch 1 and a fixed size.
 
     Args:
         model: a Keras model with one image input.
@@ -55,20 +127,73 @@ def convert(model, image_size=None, allow_flex=False, optimizations=None, suppor
     Raises:
         FlexOpsError: the graph needs ops outside the TFLite builtins and allow_flex is False.
     """
-    shape = static_input_shape(model, image_size)
-    # A batch-1 Input in front of the model fixes every shape in the traced graph, which
-    # also removes the SHAPE/PACK ops that a dynamic batch adds around transposed convs.
-    image = keras.Input(shape=shape[1:], batch_size=1, dtype=model.input.dtype, name="image")
-    fixed = keras.Model(image, model(image, training=False), name=model.name)
-    converter = tf.lite.TFLiteConverter.from_keras_model(fixed)
-    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if allow_flex:
-        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
-    converter.target_spec.supported_ops = ops
+    converter = _converter(device_model(model, image_size), allow_flex)
     if optimizations:
         converter.optimizations = list(optimizations)
     if supported_types:
         converter.target_spec.supported_types = list(supported_types)
+    return _convert(converter)
+
+
+def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", allow_flex=False):
+    """Converts a batch-1 model (from `device_model`) to one of VARIANTS.
+
+    Args:
+        fixed_model: a Keras model with a static batch-1 input.
+        variant: "fp32"; "fp16" (float16 weights, float32 compute where the runtime wants
+            it); "dynamic" (int8 weights, float activations); "int8" (full integer: weights and
+            activations, calibrated on `representative`).
+        representative: for "int8", an iterable of input arrays shaped and typed like the
+            model's input: real images, not noise (calibration sets the activation ranges).
+        int8_io: for "int8", the type of the model's float inputs and outputs: "uint8"
+            (quantized I/O; a uint8-input graph keeps its uint8 input) or "float32"
+            (quantize/dequantize inside the graph). Integer outputs (class maps) stay int32.
+        allow_flex: also allow select-TF (Flex) ops.
+
+    Returns:
+        The `.tflite` file content (bytes).
+    """
+    _check_choice("variant", variant, VARIANTS)
+    _check_choice("int8_io", int8_io, INT8_IO)
+    converter = _converter(fixed_model, allow_flex)
+    if variant == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        if representative is None:
+            raise ValueError("variant 'int8' needs `representative` images (real inputs, to calibrate activations).")
+        samples = [np.asarray(a) for a in representative]
+        if not samples:
+            raise ValueError("variant 'int8' got an empty `representative` set; expected at least one image.")
+        expected = tuple(fixed_model.input.shape)
+        for i, sample in enumerate(samples):
+            if sample.shape != expected:
+                raise ValueError(f"representative image {i} has shape {sample.shape}; expected {expected}.")
+        dtype = fixed_model.input.dtype
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([s.astype(dtype)] for s in samples)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + (
+            [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex else []
+        )
+        io_type = tf.uint8 if int8_io == "uint8" else tf.float32
+        if fixed_model.input.dtype == "float32":
+            converter.inference_input_type = io_type
+        if all(o.dtype == "float32" for o in fixed_model.outputs):
+            converter.inference_output_type = io_type
+    return _convert(converter)
+
+
+def _converter(fixed_model, allow_flex):
+    converter = tf.lite.TFLiteConverter.from_keras_model(fixed_model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS] + (
+        [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex else []
+    )
+    return converter
+
+
+def _convert(converter):
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its SavedModel's captures
             return converter.convert()
@@ -81,23 +206,15 @@ def convert(model, image_size=None, allow_flex=False, optimizations=None, suppor
 
 
 def op_counts(tflite_model):
-    """{op name: count} of a `.tflite` flatbuffer (bytes), e.g. {"CONV_2D": 23, ...}."""
-    from ai_edge_litert.interpreter import Interpreter
+    """{op name: count} of a `.tflite` flatbuffer (bytes), e.g. {"CONV_2D": 23, ...}; Flex ops included."""
+    from export.runtime import describe
 
-    interpreter = Interpreter(model_content=tflite_model)
-    counts = {}
-    for op in interpreter._get_ops_details():
-        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
-    return counts
+    return describe(tflite_model)["ops"]
 
 
 def run(tflite_model, image, num_threads=2):
     """Runs a single-input `.tflite` model on `image` [1, H, W, C]; returns its first output."""
-    from ai_edge_litert.interpreter import Interpreter
+    from export.runtime import Runner
 
-    interpreter = Interpreter(model_content=tflite_model, num_threads=num_threads)
-    interpreter.allocate_tensors()
-    (inp,) = interpreter.get_input_details()
-    interpreter.set_tensor(inp["index"], np.asarray(image, dtype=inp["dtype"]))
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    with Runner(tflite_model, num_threads=num_threads) as runner:
+        return runner.run(np.asarray(image, dtype=runner.inputs[0]["dtype"]))[0]

@@ -1,4 +1,4 @@
-"""The `kseg` command: train, evaluate, predict and demo.
+"""The `kseg` command: train, evaluate, predict, demo, export and bench.
 
 TensorFlow is imported inside the subcommands that need it, so `kseg --help` is instant and
 TensorFlow-free subcommands (the edge benchmark) work where only LiteRT is installed.
@@ -118,6 +118,45 @@ def build_parser():
     d.add_argument("--epochs", type=int, default=60)
     d.add_argument("--time-budget", type=float, default=150.0, help="seconds of training at most")
     d.add_argument("--quiet", action="store_true")
+
+    x = sub.add_parser("export", help="TFLite variants (fp32/fp16/dynamic/int8) with a parity and GPU report",
+                       description="Exports a trained model to TFLite and checks every variant against it on real "
+                                   "images. Exit status 1 when a variant misses its parity tolerance.")
+    x.add_argument("--run", help="run folder written by kseg train (gives the model, data, labels and size)")
+    x.add_argument("--model", help="model file (default: RUN/best.keras)")
+    x.add_argument("--output", help="folder for the .tflite files and export_report.{json,md} (default: RUN/export)")
+    x.add_argument("--variants", nargs="+", default=["fp32", "fp16", "dynamic", "int8"],
+                   choices=["fp32", "fp16", "dynamic", "int8"])
+    x.add_argument("--image-size", type=_size, help="H or HxW of the exported input (default: the run's size)")
+    x.add_argument("--images", help="parity images (default: the run's validation images)")
+    x.add_argument("--masks", help="their masks, for mIoU per variant (default: the run's validation masks)")
+    x.add_argument("--calibration", help="int8 calibration images (default: the run's training images, else --images)")
+    x.add_argument("--num-images", type=int, default=16, help="parity images used (default 16)")
+    x.add_argument("--num-calibration", type=int, default=100, help="calibration images used (default 100)")
+    x.add_argument("--channels", type=int, choices=(1, 3), help="model input channels (default: the run's / model's)")
+    x.add_argument("--remap", type=_remap, help="mask values to class ids (default: the run's)")
+    x.add_argument("--ignore-class", type=int, help="ground-truth label the mIoU ignores (default: the run's)")
+    x.add_argument("--labels", help="comma-separated class names (default: the run's)")
+    x.add_argument("--input-type", choices=("uint8", "float32"), default="uint8",
+                   help="uint8: the phone feeds camera pixels as they are (default); float32: raw pixels as floats")
+    x.add_argument("--head", choices=("logits", "probabilities", "class_map"), default="logits",
+                   help="graph outputs: logits (default; MediaPipe applies softmax), probabilities, or "
+                        "class_map (class map + confidence map, computed in the graph)")
+    x.add_argument("--rgb-input", action="store_true", help="a grey model takes RGB frames (converted in the graph)")
+    x.add_argument("--int8-io", choices=("uint8", "float32"), default="uint8", help="int8 variant input/output type")
+    x.add_argument("--allow-flex", action="store_true", help="allow select-TF (Flex) ops (phones then need the Flex library)")
+    x.add_argument("--no-metadata", action="store_true", help="do not embed TFLite metadata")
+    x.add_argument("--no-gpu", action="store_true", help="skip the run on LiteRT's GPU accelerator")
+    x.add_argument("--name", help="model name in file names and metadata (default: the model's)")
+    x.add_argument("--version", default="1", help="model version in the metadata")
+    x.add_argument("--tolerance", action="append", default=[], metavar="VARIANT:KEY=VALUE",
+                   help="override a parity tolerance, e.g. int8:min_agreement=0.97 (keys: max_abs_error, min_agreement)")
+    x.add_argument("--quiet", action="store_true")
+
+    from export.bench import add_arguments
+
+    b = sub.add_parser("bench", help="benchmark .tflite files with LiteRT (CPU threads, GPU); needs no TensorFlow")
+    add_arguments(b)
     return parser
 
 
@@ -150,6 +189,10 @@ def cmd_train(args):
 
 def _load_model(args, run_dir):
     import keras
+
+    import kseg.losses  # noqa: F401  (registers the serializable classes a .keras file names)
+    import kseg.metrics  # noqa: F401
+    import kseg.models  # noqa: F401
 
     path = args.model or os.path.join(run_dir, "best.keras")
     if not os.path.exists(path):
@@ -218,19 +261,92 @@ def cmd_demo(args):
     print(json.dumps({k: result[k] for k in ("mean_iou", "overlay", "curves", "train_seconds")}, indent=2))
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo}
+def _tolerances(items):
+    """["int8:min_agreement=0.97", ...] -> {"int8": {"min_agreement": 0.97}}."""
+    tolerances = {}
+    for item in items:
+        try:
+            variant, rest = item.split(":", 1)
+            key, value = rest.split("=", 1)
+            tolerances.setdefault(variant, {})[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--tolerance {item!r}: expected VARIANT:KEY=VALUE, e.g. int8:min_agreement=0.97") from None
+        if key not in ("max_abs_error", "min_agreement"):
+            raise ValueError(f"--tolerance {item!r}: key {key!r}, expected max_abs_error or min_agreement")
+    return tolerances
+
+
+def cmd_export(args):
+    from export.report import export_model, image_pairs, load_examples, markdown
+    from kseg.training import load_run
+    from kseg.training.trainer import split
+
+    if not args.run and not args.model:
+        raise ValueError("kseg export needs --run RUN (a folder written by kseg train) or --model FILE.keras.")
+    spec = load_run(args.run)["data"] if args.run else None
+    model = _load_model(args, args.run or ".")
+    tolerances = _tolerances(args.tolerance)
+    image_size = args.image_size or (spec and (spec.image_size or spec.crop_size))
+    channels = args.channels or (spec.channels if spec else int(model.input.shape[-1]))
+    if args.images:
+        pairs = image_pairs(args.images, args.masks)
+    elif spec:
+        _, pairs = split(spec)
+    else:
+        raise ValueError("kseg export --model needs --images (real images to check the export on; add --masks for mIoU).")
+    if args.calibration:
+        calibration_pairs = image_pairs(args.calibration)
+    elif spec:
+        calibration_pairs, _ = split(spec)
+    else:
+        calibration_pairs = pairs
+    if image_size is None:
+        shape = model.input.shape
+        if shape[1] is None or shape[2] is None:
+            raise ValueError(f"the model's input {tuple(shape)} has a dynamic size; pass --image-size HxW.")
+        image_size = (shape[1], shape[2])
+    remap = args.remap if args.remap is not None else (spec.remap if spec else None)
+    # With --rgb-input the exported graph takes RGB frames, so it is checked on RGB images.
+    frame_channels = 3 if args.rgb_input else channels
+    examples = load_examples(pairs, image_size=image_size, channels=frame_channels, remap=remap, limit=args.num_images)
+    calibration = load_examples(calibration_pairs, image_size=image_size, channels=frame_channels,
+                                limit=args.num_calibration)["images"]
+    labels = args.labels.split(",") if args.labels else (spec.class_names if spec else None)
+    output = args.output or os.path.join(args.run or ".", "export")
+    report = export_model(
+        model, output, examples=examples, calibration=calibration, variants=args.variants, image_size=image_size,
+        input_type=args.input_type, output=args.head, rgb_input=args.rgb_input, int8_io=args.int8_io, labels=labels,
+        ignore_class=args.ignore_class if args.ignore_class is not None else (spec.ignore_class if spec else None),
+        name=args.name, version=args.version, metadata=not args.no_metadata, gpu=not args.no_gpu,
+        allow_flex=args.allow_flex, tolerances=tolerances, verbose=not args.quiet,
+    )
+    print(markdown(report))
+    print(f"files and report: {output}")
+    return 0 if report["passed"] else 1
+
+
+def cmd_bench(args):
+    from export.bench import run
+
+    return run(args)
+
+
+COMMANDS = {
+    "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+    "export": cmd_export, "bench": cmd_bench,
+}
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as e:
         # Bad input: a one-paragraph message naming what was wrong, no traceback.
         print(f"kseg {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

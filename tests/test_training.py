@@ -195,3 +195,24 @@ def test_median_frequency_weights_come_from_the_training_masks(tmp_path):
     expected = median_frequency_weights([apply_remap(read_mask(m), table) for _, m in train_pairs], 2)
     np.testing.assert_allclose(result["run"]["train"]["class_weights"], expected, rtol=1e-12)
     assert result["run"]["train"]["class_weights"][0] < result["run"]["train"]["class_weights"][1]  # blobs rarer
+
+
+def test_batch_norm_recalibration_makes_inference_match_the_batch_statistics():
+    import keras
+
+    from kseg.training import recalibrate_batch_norm
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.999)(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(keras.layers.ReLU()(x)))
+    images = np.random.default_rng(0).normal(50.0, 20.0, (32, 8, 8, 2)).astype("float32")
+    stale = model(images, training=False).numpy()
+    target = model(images, training=True).numpy()  # statistics of all 32 images at once
+    assert np.abs(stale - target).max() > 1.0  # the initial moving statistics are far off
+    assert recalibrate_batch_norm(model, images, batch_size=32) == 1
+    np.testing.assert_allclose(model(images, training=False).numpy(), target, atol=1e-3)
+    assert model.layers[2].momentum == 0.999  # restored
+    with pytest.raises(ValueError, match="shape"):
+        recalibrate_batch_norm(model, np.zeros((0, 8, 8, 2)))

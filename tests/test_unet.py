@@ -5,22 +5,8 @@ import pytest
 from kseg.models import MobileUNet, UNet, build_model, valid_output_size
 from tests import testing
 
-VARIANTS = {
-    "unet-transpose": ("unet", {}),
-    "unet-bilinear-bn-dropout": ("unet", {"upsampling": "bilinear", "batch_norm": True, "dropout": 0.5}),
-    "attention_unet": ("attention_unet", {}),
-    "residual_unet": ("residual_unet", {}),
-    "dense_unet": ("dense_unet", {}),
-    "mobile_unet-mnv3small": ("mobile_unet", {"encoder": "mobilenetv3_small"}),
-    "mobile_unet-separable": ("mobile_unet", {"encoder": "separable"}),
-}
-
-
-def small_model(variant, channels=1, num_classes=3, size=64):
-    name, kwargs = VARIANTS[variant]
-    if name == "mobile_unet":
-        return build_model(name, num_classes=num_classes, input_shape=(size, size, channels), **kwargs)
-    return build_model(name, num_classes=num_classes, input_shape=(None, None, channels), filters=8, depth=3, **kwargs)
+VARIANTS = testing.UNET_VARIANTS
+small_model = testing.small_unet
 
 
 def test_classic_unet_parameter_count_matches_the_paper():

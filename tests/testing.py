@@ -83,3 +83,24 @@ def check_tflite_parity(model, image, image_size=None, rtol=1e-4):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
     assert (actual.argmax(-1) == expected.argmax(-1)).mean() >= 0.999
     return content
+
+
+UNET_VARIANTS = {  # every U-Net family configuration, small enough for tests
+    "unet-transpose": ("unet", {}),
+    "unet-bilinear-bn-dropout": ("unet", {"upsampling": "bilinear", "batch_norm": True, "dropout": 0.5}),
+    "attention_unet": ("attention_unet", {}),
+    "residual_unet": ("residual_unet", {}),
+    "dense_unet": ("dense_unet", {}),
+    "mobile_unet-mnv3small": ("mobile_unet", {"encoder": "mobilenetv3_small"}),
+    "mobile_unet-separable": ("mobile_unet", {"encoder": "separable"}),
+}
+
+
+def small_unet(variant, channels=1, num_classes=3, size=64):
+    """A small model of `variant` (a key of UNET_VARIANTS) at 64x64, with dynamic H, W where it allows."""
+    from kseg.models import build_model
+
+    name, kwargs = UNET_VARIANTS[variant]
+    if name == "mobile_unet":
+        return build_model(name, num_classes=num_classes, input_shape=(size, size, channels), **kwargs)
+    return build_model(name, num_classes=num_classes, input_shape=(None, None, channels), filters=8, depth=3, **kwargs)
