@@ -242,31 +242,28 @@ def _mean_iou(predictions, masks, num_classes, ignore_class):
 
 
 def _check_variant(content, path, inputs, reference, masks, num_classes, ignore_class, gpu):
-    runner = runtime.Runner(content, accelerator="cpu", num_threads=2)
-    feed = [_feed(x, runner.inputs[0]) for x in inputs]
-    got = [_canonical(runner.run(x), runner.outputs) for x in feed]
+    with runtime.Runner(content, accelerator="cpu", num_threads=2) as runner:
+        feed = [_feed(x, runner.inputs[0]) for x in inputs]
+        got = [_canonical(runner.run(x), runner.outputs) for x in feed]
+        details = runner.inputs[0], runner.outputs
     entry = {
         "file": str(path),
         "size_bytes": len(content),
         "op_counts": tflite.op_counts(content),
-        "input": _detail(runner.inputs[0]),
-        "outputs": [_detail(d) for d in runner.outputs],
+        "input": _detail(details[0]),
+        "outputs": [_detail(d) for d in details[1]],
         **_errors(got, reference),
         "mean_iou": _mean_iou([g["classes"] for g in got], masks, num_classes, ignore_class),
     }
-    runner.close()
-    entry["gpu"] = _gpu_check(content, path, feed[:GPU_IMAGES], got[:GPU_IMAGES]) if gpu else {"skipped": "gpu=False"}
+    entry["gpu"] = (_gpu_check(content, path, feed[:GPU_IMAGES], got[:GPU_IMAGES], details[1]) if gpu
+                    else {"skipped": "gpu=False"})
     return entry
 
 
 def _feed(image, detail):
-    """One image as the TFLite input takes it: quantized for quantized inputs."""
+    """One image [H, W, C] as the TFLite input takes it: quantized for quantized inputs."""
     x = image[None]
-    if detail["quantization"][0] and not np.issubdtype(x.dtype, np.integer):
-        return runtime.quantize(x, detail)
-    if detail["quantization"][0] and x.dtype != detail["dtype"]:
-        return runtime.quantize(x.astype(np.float32), detail)
-    return x.astype(detail["dtype"])
+    return x if x.dtype == np.dtype(detail["dtype"]) else runtime.quantize(x, detail)
 
 
 def _detail(d):
@@ -315,7 +312,7 @@ def gpu_analyzer(content):
     return {"compatible": compatible, "incompatible_ops": ops, "warnings": warnings[:20]}
 
 
-def _gpu_check(content, path, feed, cpu):
+def _gpu_check(content, path, feed, cpu, output_details):
     result = {"analyzer": gpu_analyzer(content)}
     if not runtime.enable_gpu_emulation() and not os.environ.get("VK_ICD_FILENAMES"):
         result["skipped"] = "no Vulkan driver for LiteRT's GPU accelerator (install chromium and libvulkan1)"
@@ -330,8 +327,7 @@ def _gpu_check(content, path, feed, cpu):
         result["error"] = f"{type(e).__name__}: {e}"
         result["fully_accelerated"] = False
         return result
-    details = runtime.Runner(content, accelerator="cpu").outputs
-    got = [_canonical(outs, details) for outs in outputs]
+    got = [_canonical(outs, output_details) for outs in outputs]
     result["fully_accelerated"] = fully
     result["images"] = len(feed)
     result.update({f"vs_cpu_{k}": v for k, v in _errors(got, cpu).items()})
