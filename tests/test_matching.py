@@ -1,5 +1,6 @@
-"""kseg.ops.matching: the Hungarian matcher against brute force (hypothesis), its TF wrapper's
-static shapes, and the pairwise MaskFormer costs against NumPy loops."""
+"""kseg.ops.matching: the Hungarian matchers (SciPy and pure TF, also compiled by XLA) against
+brute force (hypothesis), the TF wrapper's static shapes and its XLA path, and the pairwise
+MaskFormer costs against NumPy loops."""
 
 import doctest
 import itertools
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kseg.ops import matching
-from kseg.ops.matching import hungarian_match, hungarian_match_numpy
+from kseg.ops.matching import hungarian_match, hungarian_match_numpy, hungarian_match_tf
 
 
 def brute_force_cost(cost, valid):
@@ -51,6 +52,87 @@ def test_matches_brute_force_on_rectangular_and_padded_problems(problem):
     assert len(assigned) == min(int(valid.sum()), cost.shape[0])  # every valid target, as far as queries go
     total = sum(cost[q, t] for t, q in enumerate(matched) if q >= 0)
     assert total == pytest.approx(brute_force_cost(cost, valid), abs=1e-9)
+
+
+def check_optimal(matched, cost, valid):
+    """`matched` follows the contract and reaches the brute-force minimum (ties may pick other pairs)."""
+    assert matched.shape == valid.shape and matched.dtype == np.int32
+    assert (matched[~valid] == -1).all()
+    assigned = matched[matched >= 0]
+    assert len(set(assigned.tolist())) == len(assigned)
+    assert len(assigned) == min(int(valid.sum()), cost.shape[0])
+    total = sum(cost[q, t] for t, q in enumerate(matched) if q >= 0)
+    assert total == pytest.approx(brute_force_cost(cost, valid), abs=1e-6)
+
+
+_tf_match = tf.function(hungarian_match_tf)
+_xla_match = tf.function(hungarian_match_tf, jit_compile=True)
+
+
+@st.composite
+def batches(draw):
+    """2 problems of one shape: the TF solver runs them in the same loop steps."""
+    queries, targets = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    cost = rng.normal(size=(2, queries, targets)).astype(np.float32)
+    if draw(st.booleans()):  # ties
+        cost = np.round(cost)
+    valid = np.array(draw(st.lists(st.booleans(), min_size=2 * targets, max_size=2 * targets))).reshape(2, targets)
+    return cost, valid
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches())
+def test_tf_matcher_reaches_the_minimum_in_a_graph_and_under_xla(problem):
+    cost, valid = problem
+    for solve in (_tf_match, _xla_match):
+        matched = solve(cost, valid).numpy()
+        for b in range(2):
+            check_optimal(matched[b], cost[b].astype(np.float64), valid[b])
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems())
+def test_tf_matcher_reaches_the_minimum_eagerly_on_one_problem(problem):
+    cost, valid = problem
+    check_optimal(hungarian_match_tf(cost, valid).numpy(), cost, valid)
+
+
+def test_tf_matcher_equals_scipy_cost_on_maskformer_sizes_and_non_finite_costs():
+    rng = np.random.default_rng(4)
+    cost = rng.normal(size=(3, 20, 27)).astype(np.float32)  # 20 queries, 4 things + 23 stuff slots
+    valid = rng.random((3, 27)) < 0.5
+    valid[0, :3] = True
+    valid[1] = True  # more valid targets than queries
+    valid[2] = False
+    cost[0, 0, 0], cost[0, 1, 1], cost[0, 2, 2] = np.nan, np.inf, -np.inf
+    want = hungarian_match_numpy(cost, valid)
+    got = _xla_match(cost, valid).numpy()
+    finite = np.nan_to_num(cost.astype(np.float64), nan=1e8, posinf=1e8, neginf=-1e8)
+    for b in range(3):
+        assert (got[b] >= 0).sum() == (want[b] >= 0).sum()
+        total = lambda m: sum(finite[b, q, t] for t, q in enumerate(m) if q >= 0)  # noqa: E731
+        assert total(got[b]) == pytest.approx(total(want[b]), rel=1e-9)
+    assert (got[2] == -1).all() and got[0, 2] == 2  # the -inf pair is taken
+
+
+def test_hungarian_match_takes_the_tf_solver_under_xla():
+    cost = tf.constant(np.random.default_rng(5).normal(size=(2, 6, 4)).astype(np.float32))
+    valid = tf.constant([[True, True, False, True], [True, True, True, True]])
+
+    @tf.function(jit_compile=True)
+    def compiled(cost, valid):
+        return hungarian_match(cost, valid)  # tf.numpy_function would not compile
+
+    np.testing.assert_array_equal(compiled(cost, valid).numpy(), hungarian_match_numpy(cost.numpy(), valid.numpy()))
+
+
+def test_tf_matcher_rejects_dynamic_or_mismatched_shapes():
+    with pytest.raises(ValueError, match="valid"):
+        hungarian_match_tf(np.zeros((2, 3, 2), np.float32), np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match="static"):
+        tf.function(hungarian_match_tf, input_signature=[tf.TensorSpec([2, None, 3]), tf.TensorSpec([2, 3], tf.bool)]
+                    ).get_concrete_function()
 
 
 def test_batched_matches_each_image_and_tolerates_non_finite_costs():

@@ -404,17 +404,23 @@ def test_gather_method_compiles_with_xla():
     np.testing.assert_allclose(compiled(features, boxes).numpy(), eager, rtol=0, atol=1e-5)
 
 
-def test_crop_and_resize_method_under_xla():
-    """TF 2.21 has no XLA kernel for CropAndResize: this documents it, and checks the result
-    should a later TF add one."""
+def test_crop_and_resize_method_under_xla_runs_the_gather_path():
+    """TF has no XLA kernel for CropAndResize: compiled by XLA, method "crop_and_resize" (the
+    training default) gathers instead, with the same values and feature gradient, so a Keras
+    model compiled with jit_compile=True needs no other setting."""
     image_size = (32, 32)
-    features = random_features(image_size, batch=1, channels=2, seed=9)
-    boxes = np.array([[[0, 0, 30, 20], [4, 4, 8, 8]]], np.float32)
-    compiled = tf.function(lambda f, b: roi_align(f, b, image_size=image_size), jit_compile=True)
-    try:
-        out = compiled(features, boxes).numpy()
-    except tf.errors.InvalidArgumentError as error:
-        assert "CropAndResize" in str(error)
-        pytest.skip(f"no XLA kernel for CropAndResize in TF {tf.__version__}; use method='gather'")
-    expected = roi_align(features, boxes, image_size=image_size, method="gather").numpy()
-    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+    features = {k: tf.constant(v) for k, v in random_features(image_size, batch=1, channels=2, seed=9).items()}
+    boxes = tf.constant([[[0, 0, 30, 20], [4, 4, 8, 8], [2, 3, 12, 7]]], tf.float32)
+
+    def pooled_and_gradient(features, boxes):
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            out = roi_align(features, boxes, image_size=image_size)
+            loss = tf.reduce_sum(out * out)
+        return out, tape.gradient(loss, features)
+
+    got, got_gradient = tf.function(pooled_and_gradient, jit_compile=True)(features, boxes)
+    want, want_gradient = pooled_and_gradient(features, boxes)  # eager: tf.image.crop_and_resize
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-5)
+    for key in want_gradient:
+        np.testing.assert_allclose(got_gradient[key].numpy(), want_gradient[key].numpy(), rtol=0, atol=1e-4)

@@ -25,6 +25,7 @@ class PanopticFusion(keras.layers.Layer):
 
     def __init__(self, stuff_categories, thing_class=0, score_threshold=0.5, mask_threshold=0.5,
                  overlap_threshold=0.5, min_stuff_area=4096, max_segments=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # scores and areas stay float32 under mixed precision
         super().__init__(**kwargs)
         self.stuff_categories = [int(c) for c in stuff_categories]
         self.thing_class = thing_class

@@ -16,12 +16,15 @@ class ROIAlign(keras.layers.Layer):
         image_size: (H, W) of the network input, which sets each level's stride.
         sampling_ratio: bilinear samples per bin side (2).
         method: "crop_and_resize" (fast, differentiable; training) or "gather" (builtin TFLite
-            ops only; export). Both give the same values.
+            ops only; export). Both give the same values; inside a function compiled by XLA
+            (`compile(jit_compile=True)`), "crop_and_resize" runs the gather implementation,
+            as XLA has no kernel for crop_and_resize.
 
     Call: ({"P2": ..., "P5": ...}, boxes [B, N, 4]) -> [B, N, S, S, D].
     """
 
     def __init__(self, output_size, image_size, sampling_ratio=2, method="crop_and_resize", **kwargs):
+        kwargs.setdefault("dtype", "float32")  # box coordinates need float32 under any dtype policy
         super().__init__(**kwargs)
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")

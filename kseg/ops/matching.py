@@ -6,11 +6,21 @@
     matched   [T]     int32 query index assigned to target t; -1 for padding (or [B, T])
 
 The assignment minimizes the summed cost over the valid targets, each valid target getting a
-distinct query (Kuhn 1955; solved by `scipy.optimize.linear_sum_assignment`). With more valid
-targets than queries, the targets left without a query also read -1. `hungarian_match` runs
-the NumPy solver from a TF graph through `tf.numpy_function`: the output shape is the static
-shape of `valid`, so `fit` and tf.distribute see static shapes. It is training-only (no
-gradient; not convertible to TFLite, not XLA-compilable).
+distinct query (Kuhn 1955). With more valid targets than queries, every query gets a target and
+the targets left without a query read -1. NaN and +-inf costs count as +-1e8. Two solvers follow
+this contract:
+
+    hungarian_match_numpy   `scipy.optimize.linear_sum_assignment` (float64), NumPy in and out.
+    hungarian_match_tf      pure TensorFlow: the shortest augmenting path form of the Hungarian
+                            algorithm (Jonker & Volgenant 1987) in float64 with dual potentials,
+                            one tf.while_loop step per Dijkstra step, batched, static shapes. It
+                            compiles with XLA.
+
+`hungarian_match` (the op MaskFormer's loss calls) runs the TF solver when the graph is being
+compiled by XLA (`jit_compile=True`, or Keras' "auto" on a GPU), where `tf.numpy_function`
+cannot run, and the SciPy one otherwise. Both give a minimal total cost; where several
+assignments tie, they may pick different ones. Matching is training-only (no gradient; not
+convertible to TFLite).
 
 The pairwise mask costs take pixels on a flat axis P and queries / targets last:
 
@@ -23,6 +33,8 @@ The pairwise mask costs take pixels on a flat axis P and queries / targets last:
 import numpy as np
 import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
+
+from kseg.ops.xla import compiling_with_xla
 
 # Finite stand-in for NaN / inf costs, which linear_sum_assignment rejects.
 _LARGE_COST = 1e8
@@ -61,7 +73,8 @@ def hungarian_match_numpy(cost, valid):
 
 
 def hungarian_match(cost, valid):
-    """`hungarian_match_numpy` as a TF op (`tf.numpy_function`) with a static output shape.
+    """The minimum-cost matching as a TF op with a static output shape: `hungarian_match_tf`
+    when the graph is compiled by XLA, else `hungarian_match_numpy` through `tf.numpy_function`.
 
     Args:
         cost: float tensor [B, N, T] (or [N, T]); gradients are stopped.
@@ -76,9 +89,158 @@ def hungarian_match(cost, valid):
     """
     cost = tf.stop_gradient(tf.cast(cost, tf.float32))
     valid = tf.cast(valid, tf.bool)
+    if compiling_with_xla():
+        return hungarian_match_tf(cost, valid)
     matched = tf.numpy_function(hungarian_match_numpy, [cost, valid], tf.int32, stateful=False, name="hungarian")
     matched.set_shape(valid.shape)
     return matched
+
+
+def hungarian_match_tf(cost, valid):
+    """The minimum-cost assignment of valid targets to distinct queries, in TensorFlow ops only.
+
+    Shortest augmenting paths with dual potentials (Jonker & Volgenant 1987; the O(n^2 m)
+    Hungarian algorithm): the rows of the problem are the valid targets when there are at most
+    N of them, else the queries; one row at a time joins the assignment through a Dijkstra
+    search over the columns on reduced costs. Every image of the batch runs in the same
+    tf.while_loop steps (an image whose search is over waits), with static shapes throughout,
+    in float64, so it compiles with XLA and is exact to float64 round-off.
+
+    Args:
+        cost: float tensor [B, N, T] (or [N, T]) with static N and T; NaN / +-inf count as
+            +-1e8; gradients are stopped.
+        valid: bool tensor [B, T] (or [T]).
+
+    Returns:
+        int32 tensor shaped like `valid`: the query of each target, -1 for padding and
+        unassigned targets (the same contract as `hungarian_match_numpy`).
+
+    Example:
+    >>> cost = tf.constant([[1.0, 0.0], [0.0, 5.0], [2.0, 2.0]])
+    >>> hungarian_match_tf(cost, tf.constant([True, True])).numpy().tolist()
+    [1, 0]
+    >>> hungarian_match_tf(cost, tf.constant([False, True])).numpy().tolist()
+    [-1, 0]
+    """
+    cost = tf.convert_to_tensor(cost)
+    valid = tf.cast(valid, tf.bool)
+    single = cost.shape.rank == 2
+    if single:
+        cost, valid = cost[None], valid[None]
+    num_queries, num_targets = cost.shape[-2], cost.shape[-1]
+    if (cost.shape.rank != 3 or None in (num_queries, num_targets) or valid.shape.rank != 2
+            or valid.shape[-1] != num_targets):
+        raise ValueError(f"Expected cost [B, N, T] with static N, T and valid [B, T]; got cost {cost.shape}, "
+                         f"valid {valid.shape}.")
+    cost = tf.cast(tf.stop_gradient(cost), tf.float64)
+    cost = tf.where(tf.math.is_nan(cost), tf.constant(_LARGE_COST, tf.float64),
+                    tf.clip_by_value(cost, -_LARGE_COST, _LARGE_COST))
+    if num_queries == 0 or num_targets == 0:
+        matched = tf.fill(tf.shape(valid), -1)
+    else:
+        matched = _shortest_augmenting_paths(cost, valid, num_queries, num_targets)
+    return matched[0] if single else matched
+
+
+def _shortest_augmenting_paths(cost, valid, num_queries, num_targets):
+    """`hungarian_match_tf` on [B, N, T] float64 costs with N, T >= 1: int32 [B, T].
+
+    Square form of side S = max(N, T) plus a virtual row and column 0 (as in the classic
+    array formulation): per image, rows are targets (cost transposed; rows of invalid targets
+    inactive, columns past N unavailable) if its valid targets fit the queries, else queries
+    (columns of invalid targets unavailable). Active rows never outnumber available columns,
+    so every search ends at a free column.
+    """
+    n, t = num_queries, num_targets
+    side = max(n, t)
+    size = side + 1  # index 0 is the virtual row / column
+    batch = tf.shape(cost)[0]
+    inf = tf.constant(float("inf"), tf.float64)
+    num_valid = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
+    targets_are_rows = num_valid <= n  # [B]
+
+    def square(matrix):  # [B, r, c] -> [B, size, size] with a zero virtual row / column 0
+        return tf.pad(matrix, [[0, 0], [1, side - matrix.shape[1]], [1, side - matrix.shape[2]]])
+
+    by_target = square(tf.transpose(cost, [0, 2, 1]))
+    by_query = square(cost)
+    matrix = tf.where(targets_are_rows[:, None, None], by_target, by_query)
+    index = tf.range(size)
+    query_column = (index >= 1) & (index <= n)
+    target_column = tf.pad(valid, [[0, 0], [1, side - t]])
+    available = tf.where(targets_are_rows[:, None], query_column[None], target_column)  # [B, size]
+    active = tf.where(targets_are_rows[:, None], target_column, query_column[None])  # rows, [B, size]
+    # Active rows first, in order: the k-th row each image adds to the assignment.
+    order = tf.argsort(tf.cast(~active, tf.int32), axis=1, stable=True)  # [B, size]
+    num_rows = tf.reduce_sum(tf.cast(active, tf.int32), axis=1)
+
+    def gather(values, positions):  # values [B, size], positions [B] -> [B]
+        return tf.gather(values, positions, batch_dims=1)
+
+    def add_row(k, u, v, owner, way):
+        """Adds the k-th active row of every image that has one: a Dijkstra search from it
+        to the nearest free column on reduced costs, then the flip along the path found."""
+        adding = k < num_rows  # [B]
+        row = tf.where(adding, gather(order, tf.fill([batch], k)), 0)
+        owner = tf.where((index[None] == 0) & adding[:, None], row[:, None], owner)
+        column = tf.zeros([batch], tf.int32)
+        distance = tf.fill([batch, size], inf)
+        used = tf.zeros([batch, size], tf.bool)  # columns reached
+        used_rows = tf.zeros([batch, size], tf.bool)  # their rows
+
+        def searching(column, searching_flags, *_):
+            return tf.reduce_any(searching_flags)
+
+        def dijkstra_step(column, search, u, v, way, distance, used, used_rows):
+            current_row = gather(owner, column)
+            used = used | ((index[None] == column[:, None]) & search[:, None])
+            used_rows = used_rows | ((index[None] == current_row[:, None]) & search[:, None])
+            reduced = (tf.gather(matrix, current_row, batch_dims=1) - gather(u, current_row)[:, None] - v)
+            free = ~used & available
+            better = free & (reduced < distance) & search[:, None]
+            distance = tf.where(better, reduced, distance)
+            way = tf.where(better, column[:, None], way)
+            candidates = tf.where(free, distance, inf)
+            delta = tf.reduce_min(candidates, axis=1)
+            nearest = tf.argmin(candidates, axis=1, output_type=tf.int32)
+            found = search & tf.math.is_finite(delta)  # no free column: the image's search stops
+            step = tf.where(found, delta, 0.0)[:, None]
+            u = u + step * tf.cast(used_rows, tf.float64)
+            v = v - step * tf.cast(used, tf.float64)
+            distance = tf.where(used, distance, distance - step)
+            column = tf.where(found, nearest, column)
+            search = found & (gather(owner, column) != 0)
+            return column, search, u, v, way, distance, used, used_rows
+
+        column, _, u, v, way, _, _, _ = tf.while_loop(
+            searching, dijkstra_step, (column, adding, u, v, way, distance, used, used_rows),
+            maximum_iterations=size)
+        column = tf.where(adding & (gather(owner, column) == 0) & (column != 0), column, 0)
+
+        def flipping(column, owner):
+            return tf.reduce_any(column != 0)
+
+        def flip_step(column, owner):
+            previous = gather(way, column)
+            moved = gather(owner, previous)
+            owner = tf.where((index[None] == column[:, None]) & (column != 0)[:, None], moved[:, None], owner)
+            return tf.where(column != 0, previous, 0), owner
+
+        _, owner = tf.while_loop(flipping, flip_step, (column, owner), maximum_iterations=size)
+        return k + 1, u, v, owner, way
+
+    zeros = tf.zeros([batch, size], tf.float64)
+    unassigned = tf.zeros([batch, size], tf.int32)
+    _, _, _, owner, _ = tf.while_loop(
+        lambda k, *_: k < tf.reduce_max(num_rows), add_row, (tf.constant(0), zeros, zeros, unassigned, unassigned),
+        maximum_iterations=size)
+    # owner[b, j]: the row (1-based, 0 = none) holding column j (1-based).
+    as_rows = owner[:, 1 : t + 1] - 1  # targets are columns: the query of target t
+    holder = tf.equal(owner[:, 1 : n + 1, None], tf.range(1, t + 1)[None, None])  # targets are rows: [B, N, T]
+    by_rows = tf.where(tf.reduce_any(holder, axis=1), tf.argmax(tf.cast(holder, tf.int32), axis=1,
+                                                                output_type=tf.int32), -1)
+    matched = tf.where(targets_are_rows[:, None], by_rows, as_rows)
+    return tf.where(valid, matched, -1)
 
 
 def pairwise_class_cost(class_probs, target_classes):

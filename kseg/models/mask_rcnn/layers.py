@@ -30,6 +30,7 @@ class Proposals(keras.layers.Layer):
     """
 
     def __init__(self, anchors, image_size, pre_nms_topk=1000, post_nms_topk=1000, iou_threshold=0.7, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # box decoding and NMS scores stay float32
         super().__init__(**kwargs)
         self.anchors = np.asarray(anchors, np.float32)
         self.image_size = tuple(image_size)
@@ -64,6 +65,7 @@ class Detections(keras.layers.Layer):
 
     def __init__(self, image_size, max_detections=100, score_threshold=0.05, iou_threshold=0.5,
                  pre_nms_topk=1000, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # softmax, box decoding and NMS stay float32
         super().__init__(**kwargs)
         self.image_size = tuple(image_size)
         self.max_detections = max_detections
@@ -115,6 +117,7 @@ class DetectedMasks(keras.layers.Layer):
     """
 
     def __init__(self, image_size, paste=True, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # mask probabilities and pasting stay float32
         super().__init__(**kwargs)
         self.image_size = tuple(image_size)
         self.paste = paste

@@ -378,6 +378,7 @@ class MaskClassificationInference(layers.Layer):
 
     def __init__(self, image_size, num_thing_classes, object_threshold=0.8, overlap_threshold=0.8,
                  mask_threshold=0.5, min_area=0, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # probabilities and panoptic inference stay float32
         super().__init__(**kwargs)
         self.image_size = tuple(int(s) for s in image_size)
         self.num_thing_classes = num_thing_classes

@@ -114,7 +114,8 @@ class MaskFormer(LossDictTraining, SegmentationModel):
             class_logits, mask_logits = heads(queries[-1], pixel_embed)
             result = inference(class_logits, mask_logits)
             grid = keras.ops.reshape(mask_logits, (-1, image_size[0] // 4, image_size[1] // 4, num_queries))
-            outputs = {"class_probs": result["class_probs"], "mask_logits": keras.ops.transpose(grid, (0, 3, 1, 2)),
+            mask_logits = keras.ops.cast(keras.ops.transpose(grid, (0, 3, 1, 2)), "float32")  # also under mixed_float16
+            outputs = {"class_probs": result["class_probs"], "mask_logits": mask_logits,
                        "semantic": result["semantic"], **{v: result[k] for k, v in PANOPTIC_KEYS.items()}}
         super().__init__(inputs=image, outputs=outputs, name=name, **kwargs)
 
@@ -153,10 +154,6 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         return LOSS_TERMS + aux
 
     # ------------------------------------------------------------------------- training
-
-    def compile(self, *args, jit_compile=False, **kwargs):
-        """keras.Model.compile, with jit_compile off by default: the matcher is a NumPy function."""
-        super().compile(*args, jit_compile=jit_compile, **kwargs)
 
     def layer_predictions(self, images, training=True):
         """Images -> [(class_logits [B, N, K + 1], mask_logits [B, P, N]), ...], one pair per
