@@ -56,7 +56,8 @@ def load_examples(pairs, *, image_size, channels, remap=None, limit=None):
         image_size: (H, W) the images are resized to (bilinear; masks nearest).
         channels: 1 (grey) or 3 (RGB), as Pillow converts them.
         remap: optional {mask value: class id}.
-        limit: use at most this many pairs, spread evenly over the list.
+        limit: use at most this many pairs (an int >= 1), spread evenly over the list;
+            None for all of them.
 
     Returns:
         {"images": uint8 [N, H, W, C], "masks": int32 [N, H, W] or None, "names": [str]}.
@@ -64,6 +65,11 @@ def load_examples(pairs, *, image_size, channels, remap=None, limit=None):
     from kseg.data.folder import _open, apply_remap, read_mask, remap_table
 
     pairs = list(pairs)
+    if limit is not None and not (isinstance(limit, int) and limit >= 1):
+        raise ValueError(f"limit={limit!r} (`--num-images` / `--num-calibration`): expected an int >= 1 or None "
+                         "(every image)")
+    if not pairs:
+        raise ValueError("load_examples: no image pairs, expected at least one image")
     if limit and len(pairs) > limit:
         pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, limit).round().astype(int)]
     height, width = image_size

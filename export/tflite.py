@@ -40,12 +40,23 @@ class FlexOpsError(RuntimeError):
 
 
 def static_input_shape(model, image_size=None):
-    """[1, H, W, C] for `model`, with `image_size` (H, W) filling or replacing H and W."""
+    """[1, H, W, C] for `model`, with `image_size` (H, W) filling its dynamic H and W.
+
+    A model built for one size (static H and W) takes only that size: another `image_size`
+    raises a ValueError naming both.
+    """
     shape = list(model.input.shape)
     if len(shape) != 4:
         raise ValueError(f"expected a model with one image input [B, H, W, C]; got input shape {shape}.")
     if image_size is not None:
-        shape[1], shape[2] = int(image_size[0]), int(image_size[1])
+        size = tuple(int(v) for v in image_size)
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"image_size {image_size!r} (`--image-size`): expected (H, W) positive ints.")
+        fixed = tuple(shape[1:3])
+        if None not in fixed and size != fixed:
+            raise ValueError(f"image_size {size[0]}x{size[1]} (`--image-size`): the model was built for "
+                             f"{fixed[0]}x{fixed[1]} inputs only; expected {fixed[0]}x{fixed[1]} or no --image-size.")
+        shape[1], shape[2] = size
     if shape[1] is None or shape[2] is None or shape[3] is None:
         raise ValueError(
             f"the model's input {shape} has dynamic dimensions; pass image_size=(H, W) (`--image-size H W`)."

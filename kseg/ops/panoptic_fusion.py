@@ -19,8 +19,8 @@ Algorithm (the same in `panoptic_fusion` and its NumPy reference `panoptic_fusio
 1. an instance is a candidate if it is not padding (index < num_detections and class > 0),
    score >= score_threshold; its mask is the pixels with probability >= mask_threshold;
 2. candidates are painted in descending score order (ties: lower index first). An instance
-   claims only pixels not claimed before; it is kept if its mask area is > 0, its visible
-   (newly claimed) area >= overlap_threshold * mask area (float32 product) and fewer than
+   claims only pixels not claimed before; it is kept if its visible (newly claimed) area is
+   > 0 and >= overlap_threshold * mask area (float32 product) and fewer than
    `max_segments` segments exist; a dropped instance claims nothing;
 3. each still unclaimed pixel takes the argmax channel of the semantic logits (ties: lowest
    channel). Pixels whose argmax is `thing_class` stay void. All unclaimed pixels of one stuff
@@ -103,7 +103,7 @@ def _fuse_one(masks, scores, classes, num_detections, semantic_logits, *, stuff_
     for t, row in enumerate(tf.unstack(binary) if num_slots else []):
         overlap = 0.0 if claimed is None else tf.reduce_sum(row * claimed)
         vis = mask_area[t] - overlap
-        keep = (ordered_candidate[t] * tf.cast(mask_area[t] > 0, f32)
+        keep = (ordered_candidate[t] * tf.cast(vis > 0, f32)
                 * tf.cast(vis >= needed[t], f32) * tf.cast(count < max_segments, f32))
         count = count + keep
         claimed = keep * row if claimed is None else tf.maximum(claimed, keep * row)
@@ -266,7 +266,7 @@ def panoptic_fusion_numpy(masks, scores, classes, num_detections, semantic_logit
         area = int(mask.sum())
         new = mask & (panoptic == 0)
         visible = int(new.sum())
-        if area == 0 or visible < np.float32(overlap_threshold) * np.float32(area) or len(segments) >= max_segments:
+        if visible == 0 or visible < np.float32(overlap_threshold) * np.float32(area) or len(segments) >= max_segments:
             continue
         segments.append((int(classes[i]), True, visible, float(scores[i])))
         panoptic[new] = len(segments)

@@ -79,7 +79,16 @@ def load_run(run_dir):
     path = os.path.join(run_dir, "run.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: expected a folder written by `kseg train` (it holds run.json).")
-    with open(path) as f:
-        run = json.load(f)
-    run["data"] = DataSpec.from_json(run["data"])
+    try:
+        with open(path) as f:
+            run = json.load(f)
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); expected the run.json kseg train writes") from None
+    if not isinstance(run, dict) or not isinstance(run.get("data"), dict):
+        raise ValueError(f"{path} has no \"data\" object; expected the run.json kseg train writes")
+    try:
+        run["data"] = DataSpec.from_json(run["data"])
+    except TypeError as err:
+        raise ValueError(f"{path}: its \"data\" does not describe a data set ({err}); expected the fields of "
+                         "kseg.training.DataSpec") from None
     return run

@@ -151,6 +151,8 @@ def _validate(num_classes, input_shape, depth, filters, block, upsampling, paddi
         raise ValueError(f"`num_classes` must be a positive int; got {num_classes!r}.")
     if len(input_shape) != 3:
         raise ValueError(f"`input_shape` must be (H, W, C); got {input_shape!r}.")
+    if not isinstance(input_shape[2], int) or input_shape[2] < 1:
+        raise ValueError(f"`input_shape` channels must be a positive int; got {input_shape!r}.")
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"`depth` must be a positive int; got {depth!r}.")
     if not isinstance(filters, int) or filters < 1:
