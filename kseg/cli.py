@@ -16,6 +16,9 @@ import os
 import sys
 
 
+MAX_SIZE = 16384  # pixels per side: larger inputs are typos (an image of 100000^2 needs 120 GB of floats)
+
+
 def _size(text):
     """"256", "256x320" or "256,320" -> (H, W)."""
     parts = text.lower().replace(",", "x").split("x")
@@ -25,8 +28,8 @@ def _size(text):
         raise argparse.ArgumentTypeError(f"image size {text!r}: expected H or HxW, e.g. 256 or 256x320") from None
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"image size {text!r}: expected H or HxW with positive ints")
+    if len(values) != 2 or min(values) < 1 or max(values) > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: expected H or HxW with ints from 1 to {MAX_SIZE}")
     return values
 
 
@@ -117,9 +120,14 @@ def build_parser():
     fit.add_argument("--loss", choices=("ce", "weighted_ce", "dice", "ce_dice", "focal"), default="ce")
     fit.add_argument("--class-weights", type=_class_weights, help="median_frequency or w0,w1,... (weighted_ce)")
     fit.add_argument("--no-augment", action="store_true", help="(instance: no random flips)")
-    fit.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"), default="default")
+    fit.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"), default="default",
+                     help="tf.distribute: one device; mirrored: all local devices; multi-worker: the workers of "
+                          "TF_CONFIG (see kseg launch). --batch-size is the global batch")
     fit.add_argument("--cpu-replicas", type=int, help="with --strategy mirrored on CPU: logical devices")
+    fit.add_argument("--lr-reference-batch", type=int, metavar="N",
+                     help="--lr is the rate of a global batch of N, scaled linearly to --batch-size")
     fit.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
+    fit.add_argument("--jit-compile", action="store_true", help="compile the training step with XLA")
     fit.add_argument("--time-budget", type=float, help="stop after the epoch that ends past this many seconds")
     fit.add_argument("--seed", type=int, default=0)
     t.add_argument("--output", default="runs/latest", help="run folder (rerun the same command to resume)")
@@ -189,6 +197,14 @@ def build_parser():
                    help="override a parity tolerance, e.g. int8:min_agreement=0.97 (keys: max_abs_error, min_agreement)")
     x.add_argument("--quiet", action="store_true")
 
+    la = sub.add_parser("launch", help="train on N local workers with MultiWorkerMirroredStrategy (TF_CONFIG set "
+                                       "per worker), e.g. kseg launch -n 2 -- train --task instance",
+                        description=launch_doc())
+    la.add_argument("-n", "--num-workers", type=int, default=2, help="workers to start (default 2)")
+    la.add_argument("--log-dir", default="kseg-launch-logs", help="logs of workers 1..N-1")
+    la.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- train ARGS",
+                    help="the kseg train command every worker runs")
+
     from export.bench import add_arguments
 
     b = sub.add_parser("bench", help="benchmark .tflite files with LiteRT (CPU threads, GPU); needs no TensorFlow")
@@ -215,9 +231,7 @@ _SEMANTIC_ONLY = [("masks", "--masks", None), ("num_classes", "--num-classes", N
                   ("val_masks", "--val-masks", None), ("ignore_class", "--ignore-class", None),
                   ("remap", "--remap", None), ("channels", "--channels", 3),
                   ("native_size", "--native-size", False), ("crop_size", "--crop-size", None),
-                  ("model", "--model", "unet"), ("loss", "--loss", "ce"), ("class_weights", "--class-weights", None),
-                  ("strategy", "--strategy", "default"), ("cpu_replicas", "--cpu-replicas", None),
-                  ("mixed_precision", "--mixed-precision", False)]
+                  ("model", "--model", "unet"), ("loss", "--loss", "ce"), ("class_weights", "--class-weights", None)]
 _INSTANCE_ONLY = [("coco_json", "--coco-json", None), ("val_coco_json", "--val-coco-json", None),
                   ("label_maps", "--label-maps", None), ("val_label_maps", "--val-label-maps", None),
                   ("shapes", "--shapes", None), ("max_instances", "--max-instances", None),
@@ -266,10 +280,17 @@ def cmd_train(args):
         spec, args.output, model=args.model, model_kwargs=dict(args.settings), epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, learning_rate=args.lr,
         schedule=args.schedule, loss=args.loss, class_weights=args.class_weights, augment=not args.no_augment,
-        strategy=args.strategy, cpu_replicas=args.cpu_replicas, mixed_precision=args.mixed_precision,
-        time_budget=args.time_budget, seed=args.seed, verbose=0 if args.quiet else 1,
+        time_budget=args.time_budget, seed=args.seed, verbose=0 if args.quiet else 1, **_distribution_settings(args),
     )
-    print(format_table(result["metrics"]))
+    _report_run(args, result, format_table)
+
+
+def _report_run(args, result, format_report):
+    """The metrics table of a finished run; a worker other than the chief writes nothing."""
+    if result["metrics"] is None:
+        print(f"kseg train: worker done ({args.output} is written by the chief)")
+        return
+    print(format_report(result["metrics"]))
     print(f"run folder: {args.output} (best.keras, curves.png, history.csv, metrics.json)")
 
 
@@ -294,8 +315,7 @@ def cmd_train_instance(args):
         split_seed=args.seed, class_names=args.class_names.split(",") if args.class_names else None,
     )
     result = train_instances(spec, args.output, **_detection_settings(args))
-    print(format_ap_table(result["metrics"]))
-    print(f"run folder: {args.output} (best.keras, curves.png, history.csv, metrics.json)")
+    _report_run(args, result, format_ap_table)
 
 
 def _detection_settings(args):
@@ -303,7 +323,13 @@ def _detection_settings(args):
     return dict(model_config=args.model_config or "small", model_kwargs=dict(args.settings), epochs=args.epochs,
                 steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, learning_rate=args.lr,
                 schedule=args.schedule, augment=not args.no_augment, time_budget=args.time_budget, seed=args.seed,
-                verbose=0 if args.quiet else 1)
+                verbose=0 if args.quiet else 1, **_distribution_settings(args))
+
+
+def _distribution_settings(args):
+    """The strategy, precision and XLA arguments every training task takes."""
+    return dict(strategy=args.strategy, cpu_replicas=args.cpu_replicas, mixed_precision=args.mixed_precision,
+                jit_compile=args.jit_compile, lr_reference_batch=args.lr_reference_batch)
 
 
 def cmd_train_panoptic(args):
@@ -325,8 +351,7 @@ def cmd_train_panoptic(args):
     )
     model = "panoptic_fpn" if args.model == "unet" else args.model  # --model's default is the semantic one
     result = train_panoptic(spec, args.output, model=model, **_detection_settings(args))
-    print(format_pq_table(result["metrics"]))
-    print(f"run folder: {args.output} (best.keras, curves.png, history.csv, metrics.json)")
+    _report_run(args, result, format_pq_table)
 
 
 def _load_model(args, run_dir):
@@ -553,6 +578,18 @@ def cmd_export(args):
     return 0 if report["passed"] else 1
 
 
+def launch_doc():
+    from kseg import launch
+
+    return launch.__doc__.split("\n\n")[0]
+
+
+def cmd_launch(args):
+    from kseg.launch import launch
+
+    return launch(args.num_workers, args.worker_command, log_dir=args.log_dir)
+
+
 def cmd_bench(args):
     from export.bench import run
 
@@ -567,7 +604,7 @@ def cmd_demo_video(args):
 
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
-    "export": cmd_export, "bench": cmd_bench, "demo-video": cmd_demo_video,
+    "export": cmd_export, "bench": cmd_bench, "demo-video": cmd_demo_video, "launch": cmd_launch,
 }
 
 
@@ -583,8 +620,8 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         status = COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input: a one-paragraph message naming what was wrong, no traceback.
+    except (ValueError, OSError) as e:
+        # Bad input (or an unusable path): a one-paragraph message naming what was wrong, no traceback.
         print(f"kseg {args.command}: error: {e}", file=sys.stderr)
         return 2
     return status or 0

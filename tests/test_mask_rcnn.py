@@ -39,13 +39,29 @@ def test_an_anchor_equal_to_a_box_is_positive_with_zero_deltas():
     gt = np.zeros((1, 3, 4), "float32")
     gt[0, 0] = anchors[100]
     classes = np.array([[2, 0, 0]], "int32")
-    t = targets.rpn_targets(anchors, gt, classes, num_samples=64, positive_fraction=0.5, seed=0)
+    t = targets.rpn_targets(anchors, gt, classes, num_samples=64, positive_fraction=0.5, seeds=[[0, 1]])
     assert bool(t["positive"][0, 100])
     np.testing.assert_allclose(t["deltas"][0, 100], 0.0, atol=1e-6)
     assert int(tf.reduce_sum(tf.cast(t["positive"], tf.int32))) <= 32
     total = tf.reduce_sum(tf.cast(t["positive"] | t["negative"], tf.int32))
     assert int(total) == 64  # negatives fill the sample
     assert not bool(tf.reduce_any(t["positive"] & t["negative"]))
+
+
+def test_an_example_with_its_seed_is_sampled_the_same_in_any_batch():
+    # What lets N replicas train like one device: the sample depends on the example, not the batch.
+    anchors = box_ops.anchor_boxes(SIZE, sizes=SMALL_CONFIG["anchor_sizes"])
+    gt = np.zeros((2, 3, 4), "float32")
+    gt[0, 0], gt[1, 0], gt[1, 1] = anchors[100], anchors[400], anchors[900]
+    classes = np.array([[1, 0, 0], [2, 3, 0]], "int32")
+    seeds = np.array([[11, 12], [13, 14]])
+    pair = targets.rpn_targets(anchors, gt, classes, num_samples=64, seeds=seeds)
+    for i in range(2):
+        alone = targets.rpn_targets(anchors, gt[i:i + 1], classes[i:i + 1], num_samples=64, seeds=seeds[i:i + 1])
+        for key in ("positive", "negative"):
+            np.testing.assert_array_equal(alone[key][0], pair[key][i])
+    other = targets.rpn_targets(anchors, gt, classes, num_samples=64, seeds=seeds + 1)
+    assert not np.array_equal(other["negative"], pair["negative"])  # the seed, not a constant, decides
 
 
 def test_no_ground_truth_gives_no_positive_anchor():
@@ -60,7 +76,8 @@ def test_roi_sampling_puts_ground_truth_in_the_foreground_slots():
     classes = np.array([[1, 3, 0]], "int32")
     proposals = np.array([[[9, 9, 41, 41], [0, 40, 20, 63], [0, 0, 0, 0]]], "float32")
     valid = np.array([[True, True, False]])
-    t = targets.roi_targets(proposals, valid, gt, classes, num_samples=8, positive_fraction=0.5, seed=1)
+    t = targets.roi_targets(proposals, valid, gt, classes, num_samples=8, positive_fraction=0.5,
+                            seeds=[[4, 5]])
     slots = t["num_foreground_slots"]
     assert slots == 4
     fg = np.asarray(t["foreground"][0])

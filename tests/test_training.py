@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from kseg.training import DataSpec, build_loss, build_schedule, format_table, load_run, train
@@ -104,6 +105,26 @@ def test_non_finite_loss_stops_with_step_and_checkpoint(tmp_path):
     guard = kcallbacks.StopOnNonFiniteLoss(str(tmp_path / "best.keras"))
     with pytest.raises(kcallbacks.NonFiniteLoss, match=r"epoch 1, step 1.*none written yet"):
         model.fit(np.ones((4, 4)), np.ones((4, 1)), batch_size=2, callbacks=[guard], verbose=0)
+
+
+def test_nan_mid_run_names_the_step_the_checkpoint_and_the_backup_and_keeps_them(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("sgd", loss="mse")
+    x, y = np.ones((12, 4), "float32"), np.ones((12, 1), "float32")
+    y[10] = np.nan  # in the 6th batch of 2: epoch 2 (4 steps per epoch), step 2
+    best, backup = str(tmp_path / "best.keras"), str(tmp_path / "backup")
+    callbacks = [kcallbacks.StopOnNonFiniteLoss(best, backup),
+                 kcallbacks.BestCheckpoint(best, monitor="loss", mode="min"), kcallbacks.BackupAndRestore(backup)]
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(2).repeat()
+    with pytest.raises(kcallbacks.NonFiniteLoss) as caught:
+        model.fit(dataset, epochs=3, steps_per_epoch=4, callbacks=callbacks, verbose=0)
+    message = str(caught.value)
+    assert "at epoch 2, step 2 (step 6 of this run)" in message
+    assert f"Last good checkpoint: {best}" in message and f"the backup in {backup} holds the state after epoch 1" in message
+    before = open(best, "rb").read()
+    keras.models.load_model(best)  # the last good checkpoint is intact and loads
+    assert kcallbacks.BackupAndRestore.saved_epoch(backup) == 1
+    assert open(best, "rb").read() == before
 
 
 def test_best_checkpoint_keeps_the_best_epoch(tmp_path):

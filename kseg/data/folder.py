@@ -23,12 +23,15 @@ How files are read:
 """
 
 import os
+import re
+import warnings
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
 from kseg.data.errors import DataError
+from kseg.data.sharding import check_shard, select_elements
 from kseg.utils.progress import progress
 
 MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
@@ -36,6 +39,7 @@ IMAGE_MODES = {"1": 1, "L": 1, "P": 3, "I": 1, "I;16": 1, "I;16L": 1, "I;16B": 1
                "LA": 1, "PA": 3, "RGB": 3, "RGBA": 3}  # channels after dropping alpha
 _MAX_REMAP_KEY = 2**16 - 1
 _SHOW = 5  # how many offending files an error message lists
+_READABLE = "PNG, JPEG, BMP, GIF or TIFF"
 
 
 def read_mask(path):
@@ -64,13 +68,18 @@ def _read_mask(path):
 
 
 def _open(path, what):
-    """Opens and fully decodes an image with Pillow; any failure becomes a DataError."""
+    """Opens and fully decodes an image with Pillow; any failure becomes a DataError.
+
+    Pillow refuses images of more than 2 * `PIL.Image.MAX_IMAGE_PIXELS` pixels (a
+    decompression bomb) before decoding them; that refusal is a DataError too.
+    """
     try:
         img = Image.open(path)
         img.load()
         return img
     except Exception as err:  # truncated, corrupt, not an image, decompression bomb, ...
-        raise DataError(f"{path}: cannot read the {what}: {type(err).__name__}: {err}") from None
+        raise DataError(f"{path}: cannot read the {what}: {type(err).__name__}: {err}; expected a complete "
+                        f"image file ({_READABLE})") from None
 
 
 def remap_table(remap):
@@ -120,15 +129,46 @@ def read_image(path, channels=3):
         float32 numpy array [H, W, channels], raw pixel values in [0, 255].
 
     Raises:
-        DataError: the file is missing or does not decode.
+        DataError: the file is missing, is not a PNG, JPEG, BMP or GIF, does not decode
+            (empty, truncated, corrupt), or its header declares more pixels than Pillow's
+            decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, checked before decoding).
     """
     if channels not in (1, 3):
         raise DataError(f"read_image: channels={channels!r}, expected 1 or 3")
     path = os.fspath(path)
+    _check_pixel_count(path)
     try:
         return _decode_image(tf.io.read_file(path), channels).numpy()
     except (tf.errors.OpError, ValueError) as err:
-        raise DataError(f"{path}: cannot read the image: {getattr(err, 'message', err)}") from None
+        raise DataError(f"{path}: cannot read the image: {_op_message(err)}; expected a complete PNG, JPEG, "
+                        "BMP or GIF file") from None
+
+
+def _check_pixel_count(path):
+    """Refuses an image whose header declares more pixels than Pillow's decompression-bomb limit."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if not limit:
+        return
+    try:
+        with warnings.catch_warnings():  # Pillow warns between 1x and 2x the limit; refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                width, height = img.size
+    except Image.DecompressionBombError as err:  # Pillow refuses more than 2x the limit itself
+        raise DataError(f"{path}: cannot read the image: {err}; expected at most {limit} pixels "
+                        "(PIL.Image.MAX_IMAGE_PIXELS; raise it to read larger images)") from None
+    except Exception:  # unreadable headers are reported by the decoder, with its reason
+        return
+    if width * height > limit:
+        raise DataError(f"{path}: image is {height}x{width} (HxW) = {width * height} pixels, expected at most "
+                        f"{limit} (PIL.Image.MAX_IMAGE_PIXELS; raise it to read larger images)")
+
+
+def _op_message(err):
+    """A TensorFlow error's message without the "{{function_node ...}}" prefix and "[Op:...]" suffix."""
+    text = str(getattr(err, "message", err))
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S).strip()
 
 
 def resize_image(image, image_size):
@@ -248,11 +288,11 @@ def _check_pairs(pairs, where):
 
 def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=None, shuffle=False,
                    repeat=False, cache=True, remap=None, ignore_class=None, pad_to_multiple=None,
-                   seed=None, drop_remainder=False, crop_size=None):
+                   seed=None, drop_remainder=False, crop_size=None, shard=None, skip=0):
     """A tf.data pipeline of (images, masks) batches from (image_path, mask_path) pairs.
 
-    Order: decode -> remap -> resize -> cache -> shuffle -> repeat -> crop -> augment -> pad
-    -> batch -> prefetch. Element order is always deterministic (maps keep order); randomness
+    Order: decode -> remap -> resize -> cache -> shuffle -> repeat -> shard/skip -> crop ->
+    augment -> pad -> batch -> prefetch. Element order is always deterministic (maps keep order); randomness
     (shuffle, augmentation seeds) is reproducible when `seed` is given, and differs from
     epoch to epoch either way. Run `validate_pairs` first: a bad file met here stops the
     iteration with a TF error carrying the DataError text.
@@ -278,6 +318,10 @@ def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=
             mask) pair before augmentation, so training sees full-resolution patches (as the
             U-Net paper's tiles) instead of downsampled images. Images must be at least
             that large.
+        shard: None, or (index, count, block): this input pipeline's rows of every global
+            batch (`kseg.data.sharding.select_elements`), taken before cropping and
+            augmentation, with the seeds of the full stream.
+        skip: elements of this pipeline's stream to drop first (a resumed run).
 
     Returns:
         tf.data.Dataset of (float32 [B, H, W, C] in [0, 255], int32 [B, H, W]).
@@ -287,6 +331,7 @@ def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=
         ...                     batch_size=8, ignore_class=11)  # doctest: +SKIP
     """
     _check_pairs(pairs, "folder_dataset")
+    shard = check_shard(shard, "folder_dataset")
     opt_int = lambda v, low: v is None or (_is_int(v) and v >= low)  # noqa: E731
     for name, value, ok, expected in [
         ("image_size", image_size, image_size is None or (isinstance(image_size, (list, tuple)) and len(
@@ -351,8 +396,10 @@ def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=
             mask.set_shape(size)
             return image, mask
 
-        ds = tf.data.Dataset.zip((ds, seeds)).map(crop_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
-                                                  deterministic=True)
+        ds = select_elements(tf.data.Dataset.zip((ds, seeds)), shard, skip)
+        ds = ds.map(crop_and_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = select_elements(ds, shard, skip)
     if pad_to_multiple is not None:
         ds = ds.map(_padder(pad_to_multiple, ignore_class, image_size), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=True)

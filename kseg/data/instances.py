@@ -35,6 +35,7 @@ from pycocotools import mask as mask_utils
 
 from kseg.data.errors import DataError
 from kseg.data.folder import _is_int, _open, read_mask, resize_image
+from kseg.data.sharding import check_shard, select_elements
 from kseg.utils.progress import progress
 
 _SHOW = 5  # how many ids an error message lists
@@ -67,18 +68,24 @@ def read_coco_instances(json_path, image_dir, *, category_names=None, include_cr
     """Reads a COCO instances (detection) JSON and its images.
 
     Everything that can be checked without decoding pixels is checked here, for the whole
-    file, before anything is returned: the top-level fields; every image record (id,
-    file_name, height, width), that its file exists and that the file's size is the JSON's;
-    every annotation's image_id and category_id; polygons (an even count of >= 6
-    coordinates); RLE sizes (must be the image's) and uncompressed RLE counts (must sum to
-    H * W). Compressed RLE strings are passed to pycocotools as they are.
+    file, before anything is returned: the top-level fields; every image record (id an int
+    or string, file_name a non-empty string, height and width ints >= 1), that its file
+    exists and that the file's size is the JSON's; every annotation's image_id, category_id
+    and iscrowd (0 or 1, 0 when absent); polygons (an even count of >= 6 finite
+    coordinates); bboxes (4 finite numbers); RLE sizes (must be the image's) and
+    uncompressed RLE counts (must sum to H * W). Compressed RLE strings are passed to
+    pycocotools as they are.
+
+    Polygons may reach outside the image: pycocotools rasterizes the part inside (a polygon
+    wholly outside, or one too thin to cover a pixel centre, gives an empty mask).
 
     Masks come from `segmentation` (polygons, or RLE compressed or not) through
     pycocotools.mask; boxes are the masks' tight boxes. An annotation whose mask is empty
     (no segmentation, or a polygon too thin to cover a pixel center) keeps its JSON `bbox`
     and an all-zero mask; one with neither mask pixels nor a bbox of positive area is
     skipped, and the skipped count is reported with one `warnings.warn` (UserWarning).
-    Images with no (kept) annotation are kept, with N = 0.
+    Images with no (kept) annotation are kept, with N = 0: they are valid training
+    examples (only background). A JSON with no images gives an empty sequence.
 
     Args:
         json_path: path of the JSON (keys "images", "annotations", "categories").
@@ -130,7 +137,10 @@ def read_coco_instances(json_path, image_dir, *, category_names=None, include_cr
             raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories', expected one "
                             f"of {_some(c['id'] for c in data['categories'])}")
         class_id = coco_to_class[ann["category_id"]]
-        crowd = int(bool(ann.get("iscrowd", 0)))
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1):  # True and False compare equal to 1 and 0
+            raise DataError(f"{where}: iscrowd {crowd!r}, expected 0 or 1")
+        crowd = int(crowd)
         if class_id is None or (crowd and not include_crowd):
             continue
         rle = _annotation_rle(where, ann.get("segmentation"), image["height"], image["width"])
@@ -223,6 +233,14 @@ def _coco_images(json_path, image_dir, records):
         if missing:
             raise DataError(f"{json_path}: images[{i}] lacks field(s) {', '.join(missing)}, expected id, "
                             "file_name, height and width")
+        for key, ok, expected in [
+            ("id", _is_int(img["id"]) or isinstance(img["id"], str), "an int or a string"),
+            ("file_name", isinstance(img["file_name"], str) and img["file_name"] != "", "a non-empty string"),
+            ("height", _is_int(img["height"]) and img["height"] >= 1, "an int >= 1"),
+            ("width", _is_int(img["width"]) and img["width"] >= 1, "an int >= 1"),
+        ]:
+            if not ok:
+                raise DataError(f"{json_path}: images[{i}] has {key} {img[key]!r}, expected {expected}")
         if img["id"] in images:
             raise DataError(f"{json_path}: images[{i}] repeats image id {img['id']!r}, expected unique ids")
         path = os.path.join(image_dir, img["file_name"])
@@ -426,11 +444,11 @@ def _check_example(example):
 
 
 def instance_dataset(examples, *, image_size, max_instances, batch_size, shuffle=True, flip=True, seed=0,
-                     repeat=True, semantic=False):
+                     repeat=True, semantic=False, shard=None, skip=0):
     """A tf.data pipeline of padded instance batches with static shapes.
 
-    Order: pad (`pad_instances`: crowds dropped, the largest M kept) -> shuffle -> repeat ->
-    resize -> flip -> batch (drop_remainder) -> prefetch. An example of another size than
+    Order: shuffle -> repeat -> shard/skip -> pad (`pad_instances`: crowds dropped, the
+    largest M kept) -> resize -> flip -> batch (drop_remainder) -> prefetch. An example of another size than
     `image_size` is resized (no aspect ratio kept): the image bilinear antialiased (as
     `folder_dataset`), masks nearest, boxes scaled (exact in continuous coordinates; an
     instance whose resized mask vanishes keeps its box). The horizontal flip (p = 0.5)
@@ -451,11 +469,17 @@ def instance_dataset(examples, *, image_size, max_instances, batch_size, shuffle
         seed: int, for shuffle and flips.
         repeat: repeat forever.
         semantic: add each example's "semantic" map.
+        shard: None, or (index, count, block): this input pipeline's rows of every global
+            batch (`kseg.data.sharding.select_elements`); with a sequence of examples they
+            are chosen before any example is read.
+        skip: elements of this pipeline's stream to drop first (a resumed run).
 
     Returns:
         tf.data.Dataset of dicts: image float32 [B, H, W, 3] in [0, 255], boxes float32
-        [B, M, 4], classes int32 [B, M], masks uint8 [B, M, H, W], num_instances int32 [B];
-        with `semantic`, also semantic int32 [B, H, W].
+        [B, M, 4], classes int32 [B, M], masks uint8 [B, M, H, W], num_instances int32 [B],
+        seed int64 [B, 2] (each example's own stateless seed: the detectors draw their anchor
+        and ROI samples from it, so an example trains the same way on any replica); with
+        `semantic`, also semantic int32 [B, H, W].
 
     Example:
         >>> from kseg.data.shapes import shapes_dataset_examples
@@ -476,6 +500,7 @@ def instance_dataset(examples, *, image_size, max_instances, batch_size, shuffle
     ]:
         if not ok:
             raise DataError(f"instance_dataset: {name}={value!r}, expected {expected}")
+    shard = check_shard(shard, "instance_dataset")
     height, width = int(image_size[0]), int(image_size[1])
     m = int(max_instances)
     spec = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([m, 4], tf.float32),
@@ -488,21 +513,22 @@ def instance_dataset(examples, *, image_size, max_instances, batch_size, shuffle
         values = (np.asarray(out["image"], np.uint8), out["boxes"], out["classes"], out["masks"], out["num_instances"])
         return values + (_semantic_map(example),) if semantic else values
 
-    if isinstance(examples, collections.abc.Sequence):
+    def load(index):
+        values = tf.numpy_function(lambda i: padded(examples[int(i)]), [index], [s.dtype for s in spec],
+                                   stateful=False)
+        for value, s in zip(values, spec):
+            value.set_shape(s.shape)
+        return tuple(values)
+
+    # The stream is (example or its index, flip seed) pairs; a sequence is read after the
+    # pipeline's shard is chosen, so each pipeline reads only its own examples.
+    indexed = isinstance(examples, collections.abc.Sequence)
+    if indexed:
         if len(examples) == 0:
             raise DataError("instance_dataset: examples is empty, expected at least one example")
         ds = tf.data.Dataset.range(len(examples))
         if shuffle:
             ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
-
-        def load(index):
-            values = tf.numpy_function(lambda i: padded(examples[int(i)]), [index], [s.dtype for s in spec],
-                                       stateful=False)
-            for value, s in zip(values, spec):
-                value.set_shape(s.shape)
-            return tuple(values)
-
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         ds = tf.data.Dataset.from_generator(lambda: (padded(e) for e in examples()), output_signature=spec)
         if shuffle:
@@ -510,8 +536,11 @@ def instance_dataset(examples, *, image_size, max_instances, batch_size, shuffle
     if repeat:
         ds = ds.repeat()
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+    ds = select_elements(tf.data.Dataset.zip((ds, seeds)), shard, skip)
 
     def transform(example, pair_seed):
+        if indexed:
+            example = load(example)
         image, boxes, classes, masks, num = example[:5]
         if semantic:  # one more mask, resized and flipped with the instance masks
             masks = tf.concat([masks, tf.cast(example[5], tf.uint8)[None]], axis=0)
@@ -519,14 +548,15 @@ def instance_dataset(examples, *, image_size, max_instances, batch_size, shuffle
         if flip:
             image, boxes, masks = _random_flip(image, boxes, classes, masks, pair_seed)
         image.set_shape([height, width, 3])
-        out = {"image": image, "boxes": boxes, "classes": classes, "masks": masks[:m], "num_instances": num}
+        out = {"image": image, "boxes": boxes, "classes": classes, "masks": masks[:m], "num_instances": num,
+               "seed": tf.random.experimental.stateless_split(pair_seed, 2)[1]}
         out["masks"].set_shape([m, height, width])
         if semantic:
             out["semantic"] = tf.cast(masks[m], tf.int32)
             out["semantic"].set_shape([height, width])
         return out
 
-    ds = tf.data.Dataset.zip((ds, seeds)).map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 

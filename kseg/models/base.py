@@ -62,6 +62,62 @@ class SegmentationModel(keras.Model):
     def from_config(cls, config):
         return cls(**config)
 
+    def compile(self, optimizer="rmsprop", *args, auto_scale_loss=True, **kwargs):
+        """keras.Model.compile; a model built under "mixed_float16" gets its optimizer wrapped in
+        a `keras.optimizers.LossScaleOptimizer` (dynamic loss scaling against float16 gradient
+        underflow), as Keras does for models whose own policy is mixed_float16. Keras cannot see
+        it here: a functional model keeps its own policy at float32, whatever its layers use.
+        `auto_scale_loss=False` leaves the optimizer as given."""
+        optimizer = keras.optimizers.get(optimizer)
+        if (auto_scale_loss and self.build_dtype == "mixed_float16"
+                and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name="loss_scale_optimizer")
+        super().compile(optimizer, *args, auto_scale_loss=auto_scale_loss, **kwargs)
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded model as saved (Keras skips models whose `compile` is their own)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def train_step(self, data):
+        return logs_for_reduction(super().train_step(data))
+
+    def test_step(self, data):
+        return logs_for_reduction(super().test_step(data))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy, Keras learns the batch's shapes before `fit` by pulling a batch from
+        # the training iterator, reducing it with `strategy.reduce("MEAN", batch)`, and making a
+        # new iterator. Two problems: MultiWorkerMirroredStrategy cannot reduce a nested batch
+        # (TF 2.21: "Attempt to convert a value ({...: PerReplica...}) to a Tensor"), and the new
+        # iterator is the dataset's second, with another shuffle and other augmentation seeds
+        # than one device's run. The dataset's element spec gives the shapes without reading it.
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and data_batch is None and strategy is not None:
+            spec = iterator.data_adapter.get_tf_dataset().element_spec
+            data_batch = tf.nest.map_structure(lambda s: getattr(s, "_value_specs", [s])[0], spec)
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+def logs_for_reduction(logs):
+    """A step's logs in the shape Keras can reduce across workers.
+
+    Under a multi-worker MultiWorkerMirroredStrategy, Keras 3 reduces every log of a step with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalars its own train step
+    returns ("Invalid reduction dimension 0 for input with 0 dimensions"). As [1] tensors they
+    reduce to the mean over all replicas, a scalar, as on one worker.
+    """
+    strategy = tf.distribute.get_strategy()
+    extended = getattr(strategy, "extended", None)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and getattr(
+        extended, "_in_multi_worker_mode", lambda: False)()
+    if not multi_worker:
+        return logs
+    return {name: tf.reshape(value, [1]) if tf.is_tensor(value) and value.shape.rank == 0 else value
+            for name, value in logs.items()}
+
 
 class LossDictTraining:
     """`fit`/`evaluate` for a keras.Model whose losses come from the batch itself.
@@ -90,14 +146,46 @@ class LossDictTraining:
             total = tf.add_n(list(losses.values()))
             if self.losses:
                 total += tf.add_n(self.losses)
-            scaled = self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") else total
+            # The optimizer sums the replicas' gradients (an all-reduce SUM), so each replica's
+            # loss is divided by their count: the step then follows the global batch's mean loss,
+            # as Keras' own compiled losses do (`scale_loss_for_distribution`).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = total / tf.cast(replicas, total.dtype) if replicas > 1 else total
+            scaled = self.optimizer.scale_loss(scaled) if hasattr(self.optimizer, "scale_loss") else scaled
         variables = self.trainable_variables
-        self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        return self._track(total, losses)
+        gradients = tape.gradient(scaled, variables)
+        if replicas > 1:
+            gradients = self._clip_global_gradients(gradients, replicas)
+        self.optimizer.apply(gradients, variables)
+        return logs_for_reduction(self._track(total, losses))
+
+    def _clip_global_gradients(self, gradients, replicas):
+        """`clipnorm` applied to the global batch's gradient, as on one device.
+
+        Keras clips each replica's gradient before it sums them, so under R replicas the
+        optimizer's `clipnorm` would bound 1/R-sized pieces instead of the gradient. Here the
+        replicas first sum their gradients (the global batch's), clip each tensor by its norm as
+        Keras does, then hand 1/R of it to the optimizer, whose own all-reduce sums them back and
+        whose own clipping is then a no-op. With loss scaling (mixed precision) the gradients
+        are scaled, and so is the bound.
+        """
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        clipnorm = getattr(inner, "clipnorm", None)
+        if not clipnorm:
+            return gradients
+        scale = getattr(self.optimizer, "dynamic_scale", None)
+        bound = clipnorm * (tf.cast(scale, tf.float32) if scale is not None else 1.0)
+        present = [i for i, g in enumerate(gradients) if g is not None]
+        summed = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
+        clipped = list(gradients)
+        for i, g in zip(present, summed):
+            clipped[i] = tf.clip_by_norm(g, tf.cast(bound, g.dtype)) / tf.cast(replicas, g.dtype)
+        return clipped
 
     def test_step(self, data):
         losses = self.compute_losses(self._unpack(data), training=False)
-        return self._track(tf.add_n(list(losses.values())), losses)
+        return logs_for_reduction(self._track(tf.add_n(list(losses.values())), losses))
 
     def _track(self, total, losses):
         self.loss_trackers["loss"].update_state(total)

@@ -1,6 +1,9 @@
-"""Training callbacks: atomic best checkpoint, curve PNG, time budget, NaN guard."""
+"""Training callbacks: atomic backup and best checkpoint, resumable CSV, curve PNG, time budget,
+NaN guard."""
 
 import csv
+import glob
+import json
 import math
 import os
 import time
@@ -9,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kseg.utils import atomic_path
+from kseg.utils import atomic_path, atomic_write, write_json
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -131,7 +134,8 @@ def save_curves(path, history, title="training"):
 class TimeBudget(keras.callbacks.Callback):
     """Logs the training seconds of every epoch ("seconds") and stops past a budget.
 
-    Place it first among the callbacks so that CSVLogger records the "seconds" column.
+    Place it first among the callbacks so that CSVLogger records the "seconds" column. Under a
+    multi-worker strategy, all workers stop at the first epoch past the budget on any of them.
 
     Args:
         seconds: stop at the end of the first epoch that ends after this many seconds of
@@ -151,9 +155,16 @@ class TimeBudget(keras.callbacks.Callback):
         elapsed = time.monotonic() - self.start
         if logs is not None:
             logs["seconds"] = elapsed
-        if self.seconds is not None and elapsed >= self.seconds:
+        if self.seconds is not None and self._any_worker(elapsed >= self.seconds):
             self.stopped_epoch = epoch
             self.model.stop_training = True
+
+    def _any_worker(self, flag):
+        # Workers' clocks differ; all stop together, or the others hang in the next collective.
+        from kseg.training.strategy import any_worker
+
+        strategy = getattr(self.model, "distribute_strategy", None)
+        return any_worker(strategy, flag) if strategy is not None else flag
 
 
 class NonFiniteLoss(RuntimeError):
@@ -161,27 +172,144 @@ class NonFiniteLoss(RuntimeError):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training on a NaN/Inf loss with a message naming the step and the last checkpoint.
+    """Stops training on a NaN/Inf loss with a message naming the step and the last good
+    checkpoints.
+
+    Keras logs the epoch's running mean loss after each batch; it turns non-finite at the
+    first batch whose loss is, so that batch is the one named. Nothing written is touched:
+    best.keras and the backup hold the last finite state.
 
     Args:
         checkpoint_path: the best-checkpoint file, named in the message when it exists.
+        backup_dir: the `BackupAndRestore` folder, whose epoch is named when it has a state.
     """
 
-    def __init__(self, checkpoint_path=None):
+    def __init__(self, checkpoint_path=None, backup_dir=None):
         super().__init__()
         self.checkpoint_path = checkpoint_path
+        self.backup_dir = backup_dir
         self.epoch = 0
+        self.steps = 0
+
+    def on_train_begin(self, logs=None):
+        self.steps = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
             self.model.stop_training = True
             last = self.checkpoint_path if self.checkpoint_path and os.path.exists(self.checkpoint_path) else None
+            saved = BackupAndRestore.saved_epoch(self.backup_dir) if self.backup_dir else 0
+            backup = (f"; the backup in {self.backup_dir} holds the state after epoch {saved}, which rerunning "
+                      "the same command resumes from" if saved else "")
             raise NonFiniteLoss(
-                f"training loss became {loss} at epoch {self.epoch + 1}, step {batch + 1}; "
-                f"expected a finite loss. Last good checkpoint: {last or 'none written yet'}. "
+                f"training loss became {loss} at epoch {self.epoch + 1}, step {batch + 1} (step {self.steps} of "
+                f"this run); expected a finite loss. Last good checkpoint: {last or 'none written yet'}{backup}. "
                 "Lower the learning rate, check the labels against num_classes, or disable mixed precision."
             )
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose state survives a kill at any instant.
+
+    Keras writes its weights and its epoch counter in place, so a kill while saving leaves a
+    truncated file that the next run fails to load, or new weights with an old epoch count.
+    Here every backup is a new file `state-<epoch>-<batch>.weights.h5`, renamed into place
+    once complete; then `state.json`, which names it and the epoch to resume at, is replaced
+    atomically; only then are older state files deleted. Whatever instant a kill hits, the
+    state named by `state.json` is complete and consistent.
+
+    Under a multi-worker strategy only the chief writes (`writer=False` elsewhere) and every
+    worker restores from the chief's folder.
+
+    Args:
+        backup_dir: the folder of the state (created).
+        writer: this process writes the backup (the chief).
+        save_freq: "epoch" or a number of batches, as Keras'.
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, backup_dir, writer=True, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=True)
+        self.writer = writer
+
+    @classmethod
+    def saved_epoch(cls, backup_dir):
+        """The epoch a run resumes at from `backup_dir` (0 when there is no backup)."""
+        state = cls._read_state(backup_dir)
+        return int(state["epoch"]) if state else 0
+
+    @classmethod
+    def _read_state(cls, backup_dir):
+        path = os.path.join(backup_dir, cls.STATE)
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            weights = os.path.join(backup_dir, state["weights"])
+            int(state["epoch"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: unreadable backup state ({err}); expected the JSON kseg writes. Delete "
+                             f"{backup_dir} to start the run over.") from None
+        if not os.path.exists(weights):
+            raise ValueError(f"{path} names {weights}, which does not exist; delete {backup_dir} to start over")
+        return {**state, "weights": weights}
+
+    def _load_model(self):
+        state = self._read_state(self.backup_dir)
+        if state is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(state["weights"])
+        self.model._initial_epoch = int(state["epoch"])
+
+    def _save_model(self):
+        if not self.writer:
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"state-{self._current_epoch:05d}-{self._last_batch_seen:07d}.weights.h5"
+        with atomic_path(os.path.join(self.backup_dir, name), suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
+        write_json(os.path.join(self.backup_dir, self.STATE),
+                   {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+        for old in glob.glob(os.path.join(self.backup_dir, "state-*.weights.h5")):
+            if os.path.basename(old) != name:
+                os.remove(old)
+
+    def on_train_end(self, logs=None):
+        if self.writer:
+            super().on_train_end(logs)
+
+
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """`keras.callbacks.CSVLogger(append=True)` that keeps one row per epoch across resumes.
+
+    A run killed after logging an epoch but before its backup repeats that epoch; so does a
+    row cut short by a kill. This logger first rewrites the file (atomically) without the
+    rows at or past the epoch training resumes at (the epoch `backup_dir` holds).
+    """
+
+    def __init__(self, filename, backup_dir):
+        super().__init__(filename, append=True)
+        self.backup_dir = backup_dir
+
+    def on_train_begin(self, logs=None):
+        resume = BackupAndRestore.saved_epoch(self.backup_dir)
+        if os.path.exists(self.filename):
+            with open(self.filename, newline="") as f:
+                rows = list(csv.reader(f))
+            header, body = (rows[0], rows[1:]) if rows else ([], [])
+            kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) < resume]
+            if len(kept) != len(body):
+                with atomic_write(self.filename, newline="") as f:
+                    writer = csv.writer(f)
+                    if kept:
+                        writer.writerows([header] + kept)
+        super().on_train_begin(logs)

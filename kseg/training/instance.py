@@ -32,7 +32,6 @@ import functools
 import json
 import math
 import os
-import time
 
 import keras
 import numpy as np
@@ -46,8 +45,15 @@ from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from kseg.metrics.coco import STAT_NAMES, InstanceAP
 from kseg.models.mask_rcnn import LOSSES, SMALL_CONFIG, MaskRCNN
 from kseg.training import callbacks as kcallbacks
-from kseg.training.trainer import build_schedule
-from kseg.utils import atomic_path, progress, write_json
+from kseg.training.loop import fit_run, training_input
+from kseg.training.strategy import (
+    check_global_batch,
+    get_strategy,
+    scaled_learning_rate,
+    synchronize_batch_norm,
+)
+from kseg.training.trainer import build_schedule, check_training_settings, precision_policy
+from kseg.utils import progress, write_json
 
 # --model-config: backbone + sizes of the heads (user --set values override them).
 MODEL_CONFIGS = {
@@ -244,6 +250,9 @@ def load_instance_splits(spec):
         examples, categories = read_coco_instances(spec.coco_json, spec.images, category_names=spec.class_names,
                                                    include_crowd=True)
         names = examples.paths
+        if not len(examples):
+            raise kdata.DataError(f"{spec.coco_json} lists no images; expected at least 2 (training and held-out) "
+                                  "images with their annotations")
         val = None if held_out else read_coco_instances(
             spec.val_coco_json, spec.val_images or spec.images, category_names=[c["name"] for c in categories],
             include_crowd=True)[0]
@@ -399,7 +408,7 @@ def save_instance_curves(path, history, title="mask_rcnn", losses=LOSSES, score_
 
 def train_instances(spec, output_dir, model_config="small", model_kwargs=None, epochs=50, steps_per_epoch=None,
                     batch_size=4, learning_rate=1e-3, schedule="cosine", augment=True, time_budget=None, seed=0,
-                    verbose=1):
+                    verbose=1, **distribution):
     """Trains Mask R-CNN and writes a run folder (module docstring).
 
     Args:
@@ -407,12 +416,14 @@ def train_instances(spec, output_dir, model_config="small", model_kwargs=None, e
         output_dir: the run folder (created; rerunning the same command resumes a killed run).
         model_config: a `MODEL_CONFIGS` name; `model_kwargs` override its MaskRCNN arguments.
         epochs, steps_per_epoch: length of training; steps default to one pass over the data.
-        batch_size: images per step.
+        batch_size: images per step: the global batch, split over the strategy's replicas.
         learning_rate, schedule: peak rate of Adam (gradients clipped at norm 10) and its
             decay ("constant", "cosine", "poly"; `kseg.training.build_schedule`).
         augment: random horizontal flips.
         time_budget: stop after the epoch that ends past this many seconds of training.
         seed: seeds Keras/TF/NumPy and the data order.
+        **distribution: strategy, cpu_replicas, mixed_precision, jit_compile and
+            lr_reference_batch, as `kseg.training.train`.
 
     Returns:
         {"history", "paths", "metrics" (metrics.json), "run" (run.json)}.
@@ -420,7 +431,7 @@ def train_instances(spec, output_dir, model_config="small", model_kwargs=None, e
     return train_detection(INSTANCE_TASK, spec, output_dir, model_config=model_config, model_kwargs=model_kwargs,
                            epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, schedule=schedule, augment=augment, time_budget=time_budget,
-                           seed=seed, verbose=verbose)
+                           seed=seed, verbose=verbose, **distribution)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,25 +469,30 @@ class DetectionTask:
 
 def train_detection(task, spec, output_dir, model_config="small", model_kwargs=None, epochs=50, steps_per_epoch=None,
                     batch_size=4, learning_rate=1e-3, schedule="cosine", augment=True, time_budget=None, seed=0,
-                    verbose=1):
+                    verbose=1, strategy="default", cpu_replicas=None, mixed_precision=False, jit_compile=False,
+                    lr_reference_batch=None):
     """Trains the model of a `DetectionTask` into a run folder; the arguments as `train_instances`."""
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--steps-per-epoch", steps_per_epoch)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} {value!r}: expected an int >= 1")
+    check_training_settings(epochs, steps_per_epoch, batch_size)
+    dist = get_strategy(strategy, cpu_replicas=cpu_replicas)
+    check_global_batch(dist, batch_size)
+    rate = scaled_learning_rate(learning_rate, batch_size, lr_reference_batch)
     keras.utils.set_random_seed(seed)
     train_examples, val_examples, categories = task.load_splits(spec)
     if not len(train_examples) or not len(val_examples):
         raise kdata.DataError(f"{len(train_examples)} training and {len(val_examples)} validation images, expected "
                               "at least one of each")
-    os.makedirs(output_dir, exist_ok=True)
     if steps_per_epoch is None:
         steps_per_epoch = max(len(train_examples) // batch_size, 1)
+    train_ds = training_input(dist, lambda batch, shard, skip: instance_dataset(
+        train_examples, image_size=spec.image_size, max_instances=spec.max_instances, batch_size=batch,
+        shuffle=True, flip=augment, seed=seed, semantic=task.semantic, shard=shard, skip=skip),
+        batch_size, output_dir, steps_per_epoch)
     model_kwargs = dict(model_kwargs or {})
-    net = task.build(model_config, categories, spec.image_size, **model_kwargs)
-    net.compile(optimizer=keras.optimizers.Adam(build_schedule(schedule, learning_rate, epochs * steps_per_epoch),
-                                                clipnorm=10.0))
-    train_ds = instance_dataset(train_examples, image_size=spec.image_size, max_instances=spec.max_instances,
-                                batch_size=batch_size, shuffle=True, flip=augment, seed=seed, semantic=task.semantic)
+    with precision_policy(mixed_precision), dist.scope():
+        net = task.build(model_config, categories, spec.image_size, **model_kwargs)
+        net.compile(optimizer=keras.optimizers.Adam(build_schedule(schedule, rate, epochs * steps_per_epoch),
+                                                    clipnorm=10.0), jit_compile=jit_compile)
+        synchronize_batch_norm(net, dist)
     val = resized(val_examples, spec.image_size)
     config = {k: v for k, v in net.get_config().items() if k not in ("name", "trainable", "dtype")}
     run = {
@@ -484,70 +500,24 @@ def train_detection(task, spec, output_dir, model_config="small", model_kwargs=N
         "model": {"name": task.model_name, "config": model_config, "kwargs": model_kwargs, "constructor": config,
                   "params": int(net.count_params())},
         "train": {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
-                  "learning_rate": learning_rate, "schedule": schedule, "augment": augment, "seed": seed,
+                  "learning_rate": rate, "lr_reference_batch": lr_reference_batch, "schedule": schedule,
+                  "augment": augment, "seed": seed, "strategy": strategy, "replicas": dist.num_replicas_in_sync,
+                  "mixed_precision": mixed_precision, "jit_compile": jit_compile,
                   "train_images": len(train_examples), "val_images": len(val_examples)},
     }
+
+    def evaluate(model):
+        report = task.evaluate(model, val, categories, batch_size, verbose=verbose)
+        return {**report, "model": os.path.basename(default_model_path(output_dir))}
+
     return fit_run(
         net, run, output_dir, train_ds, time_budget=time_budget, verbose=verbose, monitor=task.monitor,
         validation=TaskValidation(task, val, categories, batch_size=batch_size),
         curves=lambda png, csv: InstanceCurvePlot(png, csv, title=f"{task.model_name} ({model_config})",
                                                   losses=net.loss_names(), score_key=task.score_key,
                                                   score_name=task.score_name),
-        evaluate=lambda model: task.evaluate(model, val, categories, batch_size, verbose=verbose),
-        load=lambda: task.load(output_dir),
+        evaluate=evaluate, load=lambda: task.load(output_dir),
     )
-
-
-def fit_run(net, run, output_dir, train_ds, *, validation, monitor, curves, evaluate, load, time_budget, verbose):
-    """Trains a detection-style model with `fit` into a run folder and scores its best model.
-
-    The shared body of the instance and panoptic runs (the module docstring lists the files).
-
-    Args:
-        net: a compiled model.
-        run: the run.json dict; its "train" holds epochs and steps_per_epoch.
-        output_dir: the run folder.
-        train_ds: the training dataset.
-        validation: a callback that adds `monitor` (and other val_* entries) to the epoch logs.
-        monitor: the val_* log of best.keras (higher is better).
-        curves: (png path, history csv path) -> the callback that draws the curves.
-        evaluate: model -> the JSON-safe report of metrics.json.
-        load: () -> the model of the run's best.keras (final.keras when there is none).
-        time_budget, verbose: as `train_instances`.
-    """
-    paths = {name: os.path.join(output_dir, name) for name in ("best.keras", "final.keras", "history.csv",
-                                                              "curves.png", "metrics.json", "run.json")}
-    write_json(paths["run.json"], run)
-    settings = run["train"]
-    best = kcallbacks.BestCheckpoint(paths["best.keras"], monitor=monitor, mode="max")
-    backup = os.path.join(output_dir, "backup")
-    if os.path.isdir(backup):  # resuming: the best so far is in the history, not in the fresh callback
-        previous = kcallbacks.read_history_csv(paths["history.csv"]).get(monitor, [])
-        if np.isfinite(previous).any():
-            best.best = float(np.nanmax(previous))
-    callbacks = [
-        kcallbacks.TimeBudget(time_budget),
-        validation,
-        keras.callbacks.BackupAndRestore(backup),
-        kcallbacks.StopOnNonFiniteLoss(paths["best.keras"]),
-        best,
-        keras.callbacks.CSVLogger(paths["history.csv"], append=True),
-        curves(paths["curves.png"], paths["history.csv"]),
-        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), write_graph=False),
-    ]
-    start = time.monotonic()
-    history = net.fit(train_ds, epochs=settings["epochs"], steps_per_epoch=settings["steps_per_epoch"],
-                      callbacks=callbacks, verbose=verbose)
-    train_seconds = time.monotonic() - start
-    with atomic_path(paths["final.keras"]) as tmp:
-        net.save(tmp)
-
-    report = evaluate(load())
-    epochs_run = len(history.history.get("loss", []))
-    report.update(model=os.path.basename(default_model_path(output_dir)), train_seconds=train_seconds,
-                  epochs_run=epochs_run, steps_per_second=epochs_run * settings["steps_per_epoch"] / train_seconds)
-    write_json(paths["metrics.json"], report)
-    return {"history": history.history, "paths": paths, "metrics": report, "run": run}
 
 
 def load_instance_run(run_dir):

@@ -288,7 +288,7 @@ def _pq_log_entries(report):
 
 def train_panoptic(spec, output_dir, model="panoptic_fpn", model_config="small", model_kwargs=None, epochs=50,
                    steps_per_epoch=None, batch_size=4, learning_rate=1e-3, schedule="cosine", augment=True,
-                   time_budget=None, seed=0, verbose=1):
+                   time_budget=None, seed=0, verbose=1, **distribution):
     """Trains Panoptic FPN and writes a run folder (module docstring).
 
     Args:
@@ -299,7 +299,7 @@ def train_panoptic(spec, output_dir, model="panoptic_fpn", model_config="small",
         model_config: a `MODEL_CONFIGS` (Panoptic FPN) or `MASKFORMER_CONFIGS` name;
             `model_kwargs` override its constructor arguments.
         epochs, steps_per_epoch, batch_size, learning_rate, schedule, augment, time_budget,
-            seed: as `kseg.training.instance.train_instances`.
+            seed, **distribution: as `kseg.training.instance.train_instances`.
 
     Returns:
         {"history", "paths", "metrics" (metrics.json), "run" (run.json)}.
@@ -310,7 +310,7 @@ def train_panoptic(spec, output_dir, model="panoptic_fpn", model_config="small",
     return train_detection(task, spec, output_dir, model_config=model_config, model_kwargs=model_kwargs,
                            epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, schedule=schedule, augment=augment, time_budget=time_budget,
-                           seed=seed, verbose=verbose)
+                           seed=seed, verbose=verbose, **distribution)
 
 
 def load_panoptic_run(run_dir):

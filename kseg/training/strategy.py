@@ -1,4 +1,25 @@
-"""Choosing a `tf.distribute` strategy by name: the single switch the CLI exposes."""
+"""tf.distribute for `kseg train`: the strategy by name, the per-worker input pipelines, and
+which worker writes the run folder.
+
+One command trains on one device, on several local devices (`mirrored`) or on several
+processes or hosts (`multi-worker`, `MultiWorkerMirroredStrategy` configured by `TF_CONFIG`;
+`kseg launch` starts N local workers for trying it out). In every case:
+
+- `--batch-size` is the global batch: each of the R replicas gets batch / R examples;
+- the input is sharded explicitly per pipeline (`distribute_datasets_from_function`, see
+  `kseg.data.sharding`): the global batch holds the same examples whatever R is;
+- the learning rate is the rate of that global batch. With `lr_reference_batch` set, it is
+  scaled linearly to the global batch (`scaled_learning_rate`, the linear scaling rule of
+  Goyal et al. 2017), for users who grow the global batch with the replica count;
+- gradients are averaged over the global batch (Keras' compiled losses and kseg's own loss
+  dictionaries both divide by R before the all-reduce sum), and BatchNormalization uses the
+  global batch's statistics (`synchronize_batch_norm`), so R replicas train like one device;
+- only the chief writes the run folder; every worker reads the chief's backup on resume,
+  so the run folder must be on storage every host sees.
+"""
+
+import json
+import os
 
 import tensorflow as tf
 
@@ -19,14 +40,130 @@ def get_strategy(name="default", cpu_replicas=None):
         A strategy; build and compile the model inside `strategy.scope()`.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {STRATEGIES}; got {name!r}.")
+        raise ValueError(f"--strategy {name!r}: expected one of {STRATEGIES}")
+    if cpu_replicas is not None and (name != "mirrored" or not isinstance(cpu_replicas, int) or cpu_replicas < 1):
+        raise ValueError(f"--cpu-replicas {cpu_replicas!r}: expected an int >= 1 with --strategy mirrored "
+                         f"(got --strategy {name})")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "multi-worker":
+        check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if cpu_replicas and not tf.config.list_physical_devices("GPU"):
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(cpu_replicas))
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * int(cpu_replicas))
+        except RuntimeError as err:
+            raise ValueError(f"--cpu-replicas {cpu_replicas}: TensorFlow's devices are already initialised in "
+                             "this process; expected it before any TensorFlow work (start a new process)") from err
         devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     return tf.distribute.MirroredStrategy()
+
+
+def check_tf_config():
+    """Checks that `TF_CONFIG` describes a cluster with this process in it; returns it."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise ValueError("--strategy multi-worker: the TF_CONFIG environment variable is not set; expected "
+                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}} '
+                         "on every worker (`kseg launch -n N -- train ...` sets it for N local workers)")
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        members = cluster[task["type"]]
+        index = int(task["index"])
+        assert 0 <= index < len(members)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ValueError(f"TF_CONFIG {text!r}: expected JSON with a cluster ({{'worker': [addresses]}}) and this "
+                         "process's task ({'type': 'worker', 'index': i}) within it") from None
+    return config
+
+
+def worker(strategy):
+    """(index, count, is_chief) of this process among the workers of `strategy`.
+
+    The chief is the "chief" task if the cluster has one, else worker 0, as in TensorFlow.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 0, 1, True
+    spec = resolver.cluster_spec().as_dict()
+    tasks = [(kind, i) for kind in ("chief", "worker") for i in range(len(spec.get(kind, [])))]
+    me = (resolver.task_type, int(resolver.task_id))
+    chief = tasks[0]
+    return tasks.index(me), len(tasks), me == chief
+
+
+def is_chief(strategy):
+    """True in the process that writes the run folder."""
+    return worker(strategy)[2]
+
+
+def check_global_batch(strategy, batch_size):
+    """The per-replica batch of a global `batch_size`, which must split evenly over the replicas."""
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(f"--batch-size {batch_size} is the global batch; expected a multiple of the "
+                         f"{replicas} replicas of the strategy")
+    return batch_size // replicas
+
+
+def scaled_learning_rate(learning_rate, batch_size, reference_batch=None):
+    """`learning_rate` scaled linearly from `reference_batch` to the global `batch_size`
+    (unchanged when `reference_batch` is None)."""
+    if reference_batch is None:
+        return learning_rate
+    if not isinstance(reference_batch, int) or reference_batch < 1:
+        raise ValueError(f"--lr-reference-batch {reference_batch!r}: expected an int >= 1")
+    return learning_rate * batch_size / reference_batch
+
+
+def distributed_dataset(strategy, build, batch_size):
+    """The training input of `strategy`: `build(batch, shard)` -> a tf.data.Dataset per pipeline.
+
+    One device: `build(batch_size, None)`. Several replicas: each input pipeline (one per
+    worker) gets its per-replica batch and its shard (index, count, block) of the global
+    batch, through `distribute_datasets_from_function` (no auto-sharding).
+    """
+    per_replica = check_global_batch(strategy, batch_size)
+    if strategy.num_replicas_in_sync == 1 and worker(strategy)[1] == 1:
+        return build(batch_size, None)
+
+    def pipeline(context):
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        shard = (context.input_pipeline_id, context.num_input_pipelines, per_replica * local_replicas)
+        return build(per_replica, shard)
+
+    return strategy.distribute_datasets_from_function(pipeline)
+
+
+def synchronize_batch_norm(model, strategy):
+    """Makes every BatchNormalization layer of `model` use the statistics of the global batch
+    when `strategy` has several replicas (SyncBN); returns how many layers it changed.
+
+    With per-replica statistics, R replicas of batch b normalise differently from one device
+    with batch R*b, and segmentation's small per-device batches give noisy statistics. Synced,
+    they are the same up to rounding (the sums of every replica are all-reduced; Keras then
+    computes var = E[x^2] - E[x]^2). On one replica nothing changes.
+    """
+    import keras
+
+    if strategy.num_replicas_in_sync == 1:
+        return 0
+    changed = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
+            layer.synchronized = True
+            changed += 1
+    return changed
+
+
+def any_worker(strategy, flag):
+    """True on every worker if `flag` is True on any (an all-reduce; workers must agree on
+    when to stop, or the others wait forever in the next step's collective)."""
+    if worker(strategy)[1] == 1:
+        return bool(flag)
+    value = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.MAX, value, axis=None).numpy() > 0)

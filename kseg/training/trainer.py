@@ -11,9 +11,8 @@ A run folder holds:
     metrics.json    per-class IoU / Dice and mIoU of best.keras on the validation set
 """
 
-import math
+import contextlib
 import os
-import time
 
 import keras
 
@@ -23,8 +22,13 @@ from kseg import metrics as kmetrics
 from kseg.models import build_model
 from kseg.training import callbacks as kcallbacks
 from kseg.training.evaluate import evaluate_model
-from kseg.training.strategy import get_strategy
-from kseg.utils import atomic_path, write_json
+from kseg.training.loop import fit_run, training_input
+from kseg.training.strategy import (
+    check_global_batch,
+    get_strategy,
+    scaled_learning_rate,
+    synchronize_batch_norm,
+)
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "focal")
 SCHEDULES = ("constant", "cosine", "poly")
@@ -81,6 +85,13 @@ def load_splits(spec):
     """Pairs and validates the training and validation files of `spec` before any training."""
     train_pairs, val_pairs = split(spec)
     summaries = {name: validate(spec, pairs, name) for name, pairs in (("train", train_pairs), ("val", val_pairs))}
+    if spec.crop_size is not None:  # training windows must fit in every (resized) training image
+        sizes = [tuple(spec.image_size)] if spec.image_size else [tuple(s) for s in summaries["train"]["image_sizes"]]
+        small = [s for s in sizes if s[0] < spec.crop_size[0] or s[1] < spec.crop_size[1]]
+        if small:
+            raise kdata.DataError(
+                f"--crop-size {spec.crop_size[0]}x{spec.crop_size[1]} does not fit in training images of "
+                f"{small[0][0]}x{small[0][1]}; expected a crop at most as large as every training image")
     return train_pairs, val_pairs, summaries
 
 
@@ -93,14 +104,25 @@ def val_dataset(spec, pairs, batch_size):
     return kdata.folder_dataset(pairs, batch_size=batch_size if spec.image_size else 1, **_reading(spec))
 
 
-def make_datasets(spec, train_pairs, val_pairs, batch_size, augment=True, seed=0):
-    """(train, val) tf.data pipelines; the training one repeats forever (fit counts steps)."""
+def make_datasets(spec, train_pairs, val_pairs, batch_size, augment=True, seed=0, shard=None, skip=0):
+    """(train, val) tf.data pipelines; the training one repeats forever (fit counts steps).
+
+    `shard` and `skip` select one input pipeline's share of the training stream and drop what a
+    resumed run has trained on (`kseg.data.sharding`); validation is read whole.
+    """
     augmenter = kdata.Augment(ignore_class=spec.ignore_class) if augment else None
     train = kdata.folder_dataset(
         train_pairs, batch_size=batch_size, augment=augmenter, shuffle=True, repeat=True, seed=seed,
-        drop_remainder=True, crop_size=spec.crop_size, **_reading(spec),
+        drop_remainder=True, crop_size=spec.crop_size, shard=shard, skip=skip, **_reading(spec),
     )
     return train, val_dataset(spec, val_pairs, batch_size)
+
+
+def check_training_settings(epochs, steps_per_epoch, batch_size):
+    """Checks the lengths every `kseg train` task shares; the error names the flag."""
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--steps-per-epoch", steps_per_epoch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} {value!r}: expected an int >= 1")
 
 
 def train(
@@ -119,6 +141,8 @@ def train(
     strategy="default",
     cpu_replicas=None,
     mixed_precision=False,
+    jit_compile=False,
+    lr_reference_batch=None,
     time_budget=None,
     seed=0,
     verbose=1,
@@ -132,22 +156,28 @@ def train(
         epochs, steps_per_epoch: length of training; steps default to one pass over the data.
         batch_size: global batch size (split over the replicas of the strategy).
         learning_rate, schedule: peak learning rate of Adam and its decay ("constant",
-            "cosine", "poly"). The rate is not rescaled with the replica count: it belongs
-            to the global batch, so the same command trains the same way on 1 or N devices.
+            "cosine", "poly"). The rate belongs to the global batch, so the same command
+            trains the same way on 1 or N devices; see `lr_reference_batch`.
         loss: one of `LOSSES`. class_weights: K floats, or "median_frequency" to compute
             them from the training masks (used by "weighted_ce").
         augment: joint flip/rot90/scale/elastic/photometric augmentation of training pairs.
         strategy, cpu_replicas: see `kseg.training.get_strategy`.
         mixed_precision: compute in float16 (logits and loss stay float32).
+        jit_compile: compile the training step with XLA.
+        lr_reference_batch: `learning_rate` is the rate of this global batch; it is scaled
+            linearly to `batch_size` (`kseg.training.strategy.scaled_learning_rate`).
         time_budget: stop after the epoch that ends past this many seconds of training.
         seed: seeds Keras/TF/NumPy and the data order.
 
     Returns:
-        A dict with the history, the paths written and the validation metrics of best.keras.
+        A dict with the history, the paths written and the validation metrics of best.keras
+        (None on a worker other than the chief).
     """
-    os.makedirs(output_dir, exist_ok=True)
-    keras.utils.set_random_seed(seed)
+    check_training_settings(epochs, steps_per_epoch, batch_size)
     dist = get_strategy(strategy, cpu_replicas=cpu_replicas)
+    check_global_batch(dist, batch_size)
+    rate = scaled_learning_rate(learning_rate, batch_size, lr_reference_batch)
+    keras.utils.set_random_seed(seed)
     train_pairs, val_pairs, summaries = load_splits(spec)
     if class_weights == "median_frequency":  # from the counts the file checks already made
         counts = summaries["train"]
@@ -156,73 +186,58 @@ def train(
         ).tolist()
     if steps_per_epoch is None:
         steps_per_epoch = max(len(train_pairs) // batch_size, 1)
-    train_ds, val_ds = make_datasets(spec, train_pairs, val_pairs, batch_size, augment=augment, seed=seed)
+    val_ds = val_dataset(spec, val_pairs, batch_size)
+    train_ds = training_input(dist, lambda batch, shard, skip: make_datasets(
+        spec, train_pairs, val_pairs, batch, augment=augment, seed=seed, shard=shard, skip=skip)[0],
+        batch_size, output_dir, steps_per_epoch)
 
     model_kwargs = dict(model_kwargs or {})
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    with precision_policy(mixed_precision):
         with dist.scope():
             net = build_model(
                 model, num_classes=spec.num_classes, input_shape=spec.model_input_shape, **model_kwargs
             )
             net.compile(
-                optimizer=keras.optimizers.Adam(build_schedule(schedule, learning_rate, epochs * steps_per_epoch)),
+                optimizer=keras.optimizers.Adam(build_schedule(schedule, rate, epochs * steps_per_epoch)),
                 loss=build_loss(loss, spec.num_classes, spec.ignore_class, class_weights),
                 metrics=[
                     kmetrics.MeanIoU(spec.num_classes, ignore_class=spec.ignore_class, name="mean_iou"),
                     kmetrics.PixelAccuracy(spec.num_classes, ignore_class=spec.ignore_class, name="pixel_accuracy"),
                 ],
+                jit_compile=jit_compile,
             )
-        return _fit_and_report(net, spec, output_dir, model, model_kwargs, train_ds, val_ds, dict(
-            epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, learning_rate=learning_rate,
-            schedule=schedule, loss=loss, class_weights=class_weights, augment=augment, strategy=strategy,
-            replicas=dist.num_replicas_in_sync, mixed_precision=mixed_precision, seed=seed,
-            train_pairs=len(train_pairs), val_pairs=len(val_pairs),
-            class_pixels={name: summary["class_pixels"] for name, summary in summaries.items()},
-        ), time_budget, verbose)
+            synchronize_batch_norm(net, dist)
+        run = {
+            "data": spec.to_json(),
+            "model": {"name": model, "kwargs": model_kwargs, "params": int(net.count_params())},
+            "train": dict(
+                epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, learning_rate=rate,
+                lr_reference_batch=lr_reference_batch, schedule=schedule, loss=loss, class_weights=class_weights,
+                augment=augment, strategy=strategy, replicas=dist.num_replicas_in_sync,
+                mixed_precision=mixed_precision, jit_compile=jit_compile, seed=seed,
+                train_pairs=len(train_pairs), val_pairs=len(val_pairs),
+                class_pixels={name: summary["class_pixels"] for name, summary in summaries.items()},
+            ),
+        }
+        best_path = os.path.join(output_dir, "best.keras")
+        return fit_run(
+            net, run, output_dir, train_ds, time_budget=time_budget, verbose=verbose, monitor="val_mean_iou",
+            validation=kcallbacks.Validation(val_ds, spec.num_classes, spec.ignore_class, loss=net.loss),
+            curves=lambda png, csv: kcallbacks.CurvePlot(png, csv, title=model),
+            evaluate=lambda best: evaluate_model(best, val_ds, spec.num_classes, spec.ignore_class,
+                                                 spec.class_names, verbose=verbose),
+            load=lambda: keras.models.load_model(best_path) if os.path.exists(best_path) else net,
+        )
+
+
+@contextlib.contextmanager
+def precision_policy(mixed_precision):
+    """Builds under the "mixed_float16" policy when asked, restoring float32 afterwards."""
+    if not mixed_precision:
+        yield
+        return
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
     finally:
-        if mixed_precision:
-            keras.mixed_precision.set_global_policy("float32")
-
-
-def _fit_and_report(net, spec, output_dir, model, model_kwargs, train_ds, val_ds, settings, time_budget, verbose):
-    """Runs `fit` with every callback, then evaluates best.keras; see `train`."""
-    paths = {name: os.path.join(output_dir, name) for name in ("best.keras", "final.keras", "history.csv",
-                                                              "curves.png", "metrics.json", "run.json")}
-    run = {
-        "data": spec.to_json(),
-        "model": {"name": model, "kwargs": model_kwargs, "params": int(net.count_params())},
-        "train": settings,
-    }
-    write_json(paths["run.json"], run)
-
-    callbacks = [
-        kcallbacks.TimeBudget(time_budget),
-        kcallbacks.Validation(val_ds, spec.num_classes, spec.ignore_class, loss=net.loss),
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        kcallbacks.StopOnNonFiniteLoss(paths["best.keras"]),
-        kcallbacks.BestCheckpoint(paths["best.keras"], monitor="val_mean_iou", mode="max"),
-        keras.callbacks.CSVLogger(paths["history.csv"], append=True),
-        kcallbacks.CurvePlot(paths["curves.png"], paths["history.csv"], title=model),
-        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), write_graph=False),
-    ]
-
-    start = time.monotonic()
-    steps_per_epoch = settings["steps_per_epoch"]
-    history = net.fit(
-        train_ds, epochs=settings["epochs"], steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks, verbose=verbose,
-    )
-    train_seconds = time.monotonic() - start
-    with atomic_path(paths["final.keras"]) as tmp:
-        net.save(tmp)
-
-    best = keras.models.load_model(paths["best.keras"]) if os.path.exists(paths["best.keras"]) else net
-    report = evaluate_model(best, val_ds, spec.num_classes, spec.ignore_class, spec.class_names, verbose=verbose)
-    epochs_run = len(history.history.get("loss", []))
-    report["train_seconds"] = train_seconds
-    report["epochs_run"] = epochs_run
-    report["steps_per_second"] = epochs_run * steps_per_epoch / train_seconds if train_seconds > 0 else math.nan
-    write_json(paths["metrics.json"], report)
-    return {"history": history.history, "paths": paths, "metrics": report, "run": run}
+        keras.mixed_precision.set_global_policy("float32")

@@ -24,6 +24,7 @@ from kseg.models.mask_rcnn.layers import DetectedMasks, Detections, Proposals
 from kseg.ops import boxes as box_ops
 from kseg.ops import masks as mask_ops
 from kseg.ops import nms
+from kseg.ops.replicas import global_count
 
 LOSSES = ("rpn_objectness", "rpn_box", "box_class", "box_regression", "mask")
 
@@ -50,7 +51,8 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         mask_channels: the mask head's conv width (256).
         max_detections, score_threshold, detection_nms_iou: inference (100, 0.05, 0.5).
         roi_align_method: "crop_and_resize" (training, Keras inference) or "gather" (builtin
-            TFLite ops, for export); the two agree to 1e-5.
+            TFLite ops, for export); the two agree to 1e-5. Compiled by XLA
+            (`compile(jit_compile=True)`), the model runs "gather" whatever this says.
         paste_masks: output masks in image coordinates (True) or on each box's 28 x 28 grid.
 
     Example:
@@ -184,8 +186,9 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         logits, deltas = self.rpn_head(features)
         logits, deltas = tf.cast(logits, tf.float32), tf.cast(deltas, tf.float32)
 
+        seeds = batch.get("seed")  # each example's own sampling seed (see targets.sampling_noise)
         rpn = targets.rpn_targets(self.anchors, gt_boxes, gt_classes, num_samples=self.rpn_batch_size,
-                                  positive_fraction=self.rpn_positive_fraction)
+                                  positive_fraction=self.rpn_positive_fraction, seeds=seeds)
         sampled = tf.cast(rpn["positive"] | rpn["negative"], tf.float32)
         positive = tf.cast(rpn["positive"], tf.float32)
         normalizer = tf.cast(tf.shape(images)[0] * self.rpn_batch_size, tf.float32)
@@ -195,11 +198,11 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         proposals, num_proposals = self.proposals_train(logits, deltas)
         valid = nms.valid_mask(num_proposals, proposals.shape[1])
         rois = targets.roi_targets(proposals, valid, gt_boxes, gt_classes, num_samples=self.roi_batch_size,
-                                   positive_fraction=self.roi_positive_fraction)
+                                   positive_fraction=self.roi_positive_fraction, seeds=seeds)
         class_logits, box_deltas = self.box_head(self.box_align(features, rois["rois"]))
         class_logits, box_deltas = tf.cast(class_logits, tf.float32), tf.cast(box_deltas, tf.float32)
         roi_valid = tf.cast(rois["valid"], tf.float32)
-        roi_count = tf.maximum(tf.reduce_sum(roi_valid), 1.0)
+        roi_count = tf.maximum(global_count(tf.reduce_sum(roi_valid)), 1.0)
         box_class = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rois["classes"], logits=class_logits)
         own = tf.gather(box_deltas, tf.maximum(rois["classes"] - 1, 0), batch_dims=2)  # [B, S, 4]
         foreground = tf.cast(rois["foreground"], tf.float32)
@@ -217,7 +220,7 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
             "rpn_box": tf.reduce_sum(rpn_box * positive[..., None]) / normalizer,
             "box_class": tf.reduce_sum(box_class * roi_valid) / roi_count,
             "box_regression": tf.reduce_sum(box_regression * foreground[..., None]) / roi_count,
-            "mask": tf.reduce_sum(mask_bce * fg_slots) / tf.maximum(tf.reduce_sum(fg_slots), 1.0),
+            "mask": tf.reduce_sum(mask_bce * fg_slots) / tf.maximum(global_count(tf.reduce_sum(fg_slots)), 1.0),
         }
 
 

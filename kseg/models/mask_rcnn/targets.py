@@ -30,12 +30,30 @@ def _kth_largest(values, k):
     return tf.math.top_k(values, k).values[:, k - 1 : k]
 
 
-def sample_anchors(positive, negative, num_samples, positive_fraction, seed=None):
+def sampling_noise(shape, seeds=None, stream=0):
+    """Uniform [0, 1) noise of `shape` [B, N] for random sampling.
+
+    With `seeds` int [B, 2] (each example's own stateless seed, `instance_dataset`'s "seed"),
+    row b depends on seeds[b] and `stream` only: an example is sampled the same way on any
+    replica and in any batch, so N replicas train like one device and a resumed run like an
+    uninterrupted one. Without seeds, TensorFlow's stateful random stream.
+    """
+    if seeds is None:
+        return tf.random.uniform(shape)
+    seeds = tf.cast(seeds, tf.int64)
+    noise = tf.map_fn(lambda seed: tf.random.stateless_uniform(
+        shape[1:], tf.random.experimental.stateless_fold_in(seed, stream)), seeds,
+        fn_output_signature=tf.TensorSpec([None], tf.float32))
+    return tf.reshape(noise, shape)
+
+
+def sample_anchors(positive, negative, num_samples, positive_fraction, seeds=None):
     """Random balanced sample over anchors, as masks: (sampled positives [B, A], negatives [B, A]).
 
     At most num_samples * positive_fraction positives; negatives fill the rest up to num_samples.
+    `seeds`: see `sampling_noise`.
     """
-    noise = tf.random.uniform(tf.shape(positive), seed=seed)
+    noise = sampling_noise(tf.shape(positive), seeds, stream=0)
     max_positive = int(round(num_samples * positive_fraction))
     pos_score = tf.where(positive, noise, -1.0)
     take_pos = positive & (pos_score >= _kth_largest(pos_score, max_positive))
@@ -49,7 +67,7 @@ def sample_anchors(positive, negative, num_samples, positive_fraction, seed=None
 
 
 def rpn_targets(anchors, gt_boxes, gt_classes, *, positive_iou=0.7, negative_iou=0.3, num_samples=256,
-                positive_fraction=0.5, seed=None):
+                positive_fraction=0.5, seeds=None):
     """Anchor labels for the RPN (Ren et al. 2015).
 
     An anchor is positive at IoU >= positive_iou with some box, or when it is a box's best
@@ -68,13 +86,13 @@ def rpn_targets(anchors, gt_boxes, gt_classes, *, positive_iou=0.7, negative_iou
     is_best = tf.reduce_any((iou >= gt_best) & (gt_best > 0.0) & gt_valid[:, None, :], axis=-1)
     positive = (best >= positive_iou) | is_best
     negative = (best < negative_iou) & ~positive
-    take_pos, take_neg = sample_anchors(positive, negative, num_samples, positive_fraction, seed)
+    take_pos, take_neg = sample_anchors(positive, negative, num_samples, positive_fraction, seeds)
     matched = tf.gather(gt_boxes, match, batch_dims=1)
     return {"positive": take_pos, "negative": take_neg, "deltas": box_ops.encode_boxes(matched, tiled)}
 
 
 def roi_targets(proposals, proposal_valid, gt_boxes, gt_classes, *, num_samples=512, positive_fraction=0.25,
-                foreground_iou=0.5, seed=None):
+                foreground_iou=0.5, seeds=None):
     """Samples the ROIs the box and mask heads train on (the ground-truth boxes join the proposals).
 
     The first round(num_samples * positive_fraction) slots hold foreground ROIs (IoU >=
@@ -91,7 +109,7 @@ def roi_targets(proposals, proposal_valid, gt_boxes, gt_classes, *, num_samples=
     _, best, match = _matches(rois, gt_boxes, gt_valid)
     foreground = valid & (best >= foreground_iou)
     background = valid & ~foreground
-    noise = tf.random.uniform(tf.shape(best), seed=seed)
+    noise = sampling_noise(tf.shape(best), seeds, stream=1)
     slots_fg = int(round(num_samples * positive_fraction))
     fg_value, fg_index = tf.math.top_k(tf.where(foreground, noise, -1.0), slots_fg)
     bg_value, bg_index = tf.math.top_k(tf.where(background, noise, -1.0), num_samples - slots_fg)
@@ -110,25 +128,40 @@ def mask_targets(gt_masks, rois, matched, size=28):
     """Each ROI's ground-truth mask cropped and resized to size x size, binarized at 0.5.
 
     Samples sit at the centres of the size x size bins of the ROI (the half-pixel convention
-    of ROI Align), read bilinearly from the full-resolution mask.
+    of ROI Align: pixel i covers [i, i + 1), so bin centre c reads the mask at c - 0.5), read
+    bilinearly from the full-resolution mask; a sample outside the mask's pixel centres reads
+    0 (as crop_and_resize with extrapolation 0). Written with gathers, so it compiles with XLA.
 
     Args:
-        gt_masks [B, M, H, W]; rois [B, F, 4]; matched [B, F] index into M.
+        gt_masks [B, M, H, W]; rois [B, F, 4] (y1, x1, y2, x2) pixels; matched [B, F] index into M.
 
     Returns:
         float32 [B, F, size, size] in {0, 1}.
     """
-    shape = tf.shape(gt_masks)
-    batch, count = shape[0], shape[1]
     height, width = gt_masks.shape[2], gt_masks.shape[3]
-    flat = tf.reshape(tf.cast(gt_masks, tf.float32), (-1, height, width, 1))
-    box_index = tf.reshape(tf.range(batch)[:, None] * count + matched, (-1,))
-    y1, x1, y2, x2 = tf.unstack(tf.reshape(rois, (-1, 4)), axis=-1)
-    # First and last sample centres in pixel-centre coordinates, normalized as crop_and_resize wants.
-    step_y, step_x = (y2 - y1) / size, (x2 - x1) / size
-    first_y, last_y = y1 + 0.5 * step_y - 0.5, y2 - 0.5 * step_y - 0.5
-    first_x, last_x = x1 + 0.5 * step_x - 0.5, x2 - 0.5 * step_x - 0.5
-    boxes = tf.stack([first_y / max(height - 1, 1), first_x / max(width - 1, 1),
-                      last_y / max(height - 1, 1), last_x / max(width - 1, 1)], axis=-1)
-    crops = tf.image.crop_and_resize(flat, boxes, box_index, (size, size))
-    return tf.cast(tf.reshape(crops, (batch, -1, size, size)) >= 0.5, tf.float32)
+    count = tf.shape(gt_masks)[1]
+    flat = tf.reshape(tf.cast(gt_masks, tf.float32), [-1])  # [B * M * H * W]
+    batch_index = tf.range(tf.shape(rois)[0])[:, None]
+    start = (batch_index * count + tf.cast(matched, tf.int32)) * (height * width)  # [B, F]
+    y1, x1, y2, x2 = tf.unstack(tf.cast(rois, tf.float32), axis=-1)
+    centres = tf.range(size, dtype=tf.float32) + 0.5
+    rows = _bilinear_taps(y1[..., None] + centres * ((y2 - y1) / size)[..., None] - 0.5, height)
+    cols = _bilinear_taps(x1[..., None] + centres * ((x2 - x1) / size)[..., None] - 0.5, width)
+    crops = 0.0
+    for row, row_weight in rows:  # [B, F, size] each
+        for col, col_weight in cols:
+            index = start[..., None, None] + row[..., :, None] * width + col[..., None, :]
+            crops += tf.gather(flat, index) * row_weight[..., :, None] * col_weight[..., None, :]
+    return tf.cast(crops >= 0.5, tf.float32)
+
+
+def _bilinear_taps(points, size):
+    """The two bilinear neighbours (index int32, weight) of sample points on an axis of `size`
+    pixels; points outside [0, size - 1] (or NaN) read pixel 0 with weight 0."""
+    inside = (points >= 0.0) & (points <= size - 1.0)
+    points = tf.where(inside, points, 0.0)
+    lower = tf.floor(points)
+    fraction = points - lower
+    weight = tf.cast(inside, tf.float32)
+    upper = tf.minimum(lower + 1.0, size - 1.0)
+    return ((tf.cast(lower, tf.int32), (1.0 - fraction) * weight), (tf.cast(upper, tf.int32), fraction * weight))

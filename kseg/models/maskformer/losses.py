@@ -21,6 +21,7 @@ the valid targets of the batch.
 import tensorflow as tf
 
 from kseg.ops import matching
+from kseg.ops.replicas import global_count
 
 IGNORE = 255
 
@@ -104,11 +105,11 @@ def set_prediction_losses(class_logits, mask_logits, targets, class_weight=1.0, 
                      tf.int32) + no_object  # [B, N]
     entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=class_logits)
     weight = tf.where(tf.equal(target, no_object), no_object_weight, 1.0)
-    class_loss = tf.reduce_sum(entropy * weight) / tf.reduce_sum(weight)
+    class_loss = tf.reduce_sum(entropy * weight) / global_count(tf.reduce_sum(weight))
 
     # Masks of the matched pairs: [B, P, T], the prediction of target t's query.
     is_matched = tf.reduce_sum(pairs, axis=2)  # [B, T]
-    count = tf.maximum(tf.reduce_sum(is_matched), 1.0)
+    count = tf.maximum(global_count(tf.reduce_sum(is_matched)), 1.0)
     predicted = tf.matmul(mask_logits, pairs, transpose_b=True)
     truth, counted = targets["masks"], targets["weights"][..., None]
     positive, negative = matching.sigmoid_focal_terms(predicted)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from kseg.layers import PanopticFusion
 from kseg.models.mask_rcnn.mask_rcnn import LOSSES, MaskRCNN
 from kseg.models.panoptic_fpn.semantic_head import SemanticHead
+from kseg.ops.replicas import global_count
 
 IGNORE = 255
 
@@ -72,7 +73,7 @@ class PanopticFPN(MaskRCNN):
         classes, channels, fusion = self._semantic_spec
         head = SemanticHead(classes, channels, name="semantic_head")
         layers["semantic_head"] = head
-        logits = head({k: v for k, v in features.items() if k != "P6"})
+        logits = keras.ops.cast(head({k: v for k, v in features.items() if k != "P6"}), "float32")  # mixed precision
         fused = fusion(outputs["masks"], outputs["scores"], outputs["classes"], outputs["num_detections"], logits)
         return {"semantic_logits": logits, "panoptic": fused["panoptic"], "segment_category": fused["category"],
                 "segment_is_thing": fused["is_thing"], "segment_area": fused["area"], "segment_score": fused["score"],
@@ -104,4 +105,4 @@ def semantic_cross_entropy(labels, logits, ignore=IGNORE):
     safe = tf.where(valid, labels, 0)
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
     weights = tf.cast(valid, tf.float32)
-    return tf.reduce_sum(loss * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+    return tf.reduce_sum(loss * weights) / tf.maximum(global_count(tf.reduce_sum(weights)), 1.0)

@@ -1,0 +1,117 @@
+"""The `fit` of every kseg run folder (semantic, instance, panoptic): callbacks, resume,
+which worker writes, the final model and its report.
+
+A run resumes when the same command is run again into the same folder: `BackupAndRestore`
+(kseg's atomic one) restores the weights, the optimizer and the epoch, and the input stream
+skips the batches already trained on, so the resumed run sees the data the uninterrupted run
+would have seen. Every file is written atomically (temporary name, then rename).
+"""
+
+import os
+import time
+
+import keras
+import numpy as np
+
+from kseg.training import callbacks as kcallbacks
+from kseg.training.strategy import distributed_dataset, is_chief
+from kseg.utils import atomic_path, write_json
+
+RUN_FILES = ("best.keras", "final.keras", "history.csv", "curves.png", "metrics.json", "run.json")
+
+
+def run_paths(output_dir):
+    """{file name: path} of the files of a run folder."""
+    return {name: os.path.join(output_dir, name) for name in RUN_FILES}
+
+
+def backup_dir(output_dir):
+    return os.path.join(output_dir, "backup")
+
+
+def resume_epoch(output_dir):
+    """The epoch a run into `output_dir` starts at: 0, or the epoch its backup holds."""
+    return kcallbacks.BackupAndRestore.saved_epoch(backup_dir(output_dir))
+
+
+def training_input(strategy, build, batch_size, output_dir, steps_per_epoch):
+    """The training dataset of a run: `build(batch, shard, skip)` per input pipeline, skipping
+    the elements of the epochs a resumed run has already trained."""
+    done = resume_epoch(output_dir) * steps_per_epoch
+
+    def pipeline(batch, shard):
+        block = shard[2] if shard else batch
+        return build(batch, shard, done * block)
+
+    return distributed_dataset(strategy, pipeline, batch_size)
+
+
+def remove_partial_files(output_dir):
+    """Deletes the temporary files a killed run left half-written (`.tmp-*`, never loaded: the
+    final names are only ever complete files); returns their names."""
+    removed = []
+    for folder in (output_dir, backup_dir(output_dir)):
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith(".tmp-"):
+                    os.remove(os.path.join(folder, name))
+                    removed.append(name)
+    return removed
+
+
+def fit_run(net, run, output_dir, train_ds, *, validation, monitor, curves, evaluate, load, time_budget, verbose):
+    """Trains a compiled model with `fit` into a run folder, then scores its best model.
+
+    Args:
+        net: a compiled model (built in the strategy's scope).
+        run: the run.json dict; its "train" holds epochs and steps_per_epoch.
+        output_dir: the run folder.
+        train_ds: the training input (`training_input`).
+        validation: a callback adding `monitor` (and other val_* entries) to the epoch logs.
+        monitor: the val_* log of best.keras (higher is better).
+        curves: (png path, history csv path) -> the callback that draws the curves.
+        evaluate: model -> the JSON-safe report of metrics.json.
+        load: () -> the run's best model (the final one when there is no best.keras).
+        time_budget: seconds; stop after the first epoch that ends past them.
+        verbose: Keras' progress bar.
+
+    Returns:
+        {"history", "paths", "metrics", "run"}; on a worker other than the chief, which writes
+        nothing, "metrics" is None.
+    """
+    chief = is_chief(net.distribute_strategy)
+    paths = run_paths(output_dir)
+    backup = backup_dir(output_dir)
+    first_epoch = resume_epoch(output_dir)
+    if chief:
+        os.makedirs(output_dir, exist_ok=True)
+        remove_partial_files(output_dir)
+        write_json(paths["run.json"], run)
+    callbacks = [kcallbacks.TimeBudget(time_budget), kcallbacks.StopOnNonFiniteLoss(paths["best.keras"], backup)]
+    if chief:  # the order of epoch ends: score, keep the best, log, draw, then back up
+        best = kcallbacks.BestCheckpoint(paths["best.keras"], monitor=monitor, mode="max")
+        previous = kcallbacks.read_history_csv(paths["history.csv"]).get(monitor, []) if os.path.isdir(backup) else []
+        kept = previous[:first_epoch]
+        if np.isfinite(kept).any():  # resuming: the best so far is in the history
+            best.best = float(np.nanmax(kept))
+        callbacks += [validation, best, kcallbacks.ResumableCSVLogger(paths["history.csv"], backup),
+                      curves(paths["curves.png"], paths["history.csv"]),
+                      keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), write_graph=False)]
+    callbacks.append(kcallbacks.BackupAndRestore(backup, writer=chief))
+
+    settings = run["train"]
+    start = time.monotonic()
+    history = net.fit(train_ds, epochs=settings["epochs"], steps_per_epoch=settings["steps_per_epoch"],
+                      callbacks=callbacks, verbose=verbose if chief else 0)
+    train_seconds = time.monotonic() - start
+    if not chief:
+        return {"history": history.history, "paths": paths, "metrics": None, "run": run}
+    with atomic_path(paths["final.keras"]) as tmp:
+        net.save(tmp)
+    report = evaluate(load())
+    epochs_run = len(history.history.get("loss", []))
+    report.update(train_seconds=train_seconds, epochs_run=epochs_run, resumed_at_epoch=first_epoch,
+                  epochs_done=first_epoch + epochs_run,
+                  steps_per_second=epochs_run * settings["steps_per_epoch"] / train_seconds)
+    write_json(paths["metrics.json"], report)
+    return {"history": history.history, "paths": paths, "metrics": report, "run": run}
