@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kseg.training.strategy import any_worker
 from kseg.utils import atomic_path, atomic_write, write_json
 
 
@@ -161,8 +162,6 @@ class TimeBudget(keras.callbacks.Callback):
 
     def _any_worker(self, flag):
         # Workers' clocks differ; all stop together, or the others hang in the next collective.
-        from kseg.training.strategy import any_worker
-
         strategy = getattr(self.model, "distribute_strategy", None)
         return any_worker(strategy, flag) if strategy is not None else flag
 

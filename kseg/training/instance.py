@@ -43,16 +43,11 @@ from kseg import viz
 from kseg.data.instances import instance_dataset, read_coco_instances, read_instance_label_map
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from kseg.metrics.coco import STAT_NAMES, InstanceAP
+from kseg.models.base import dtype_policy_scope
 from kseg.models.mask_rcnn import LOSSES, SMALL_CONFIG, MaskRCNN
 from kseg.training import callbacks as kcallbacks
-from kseg.training.loop import fit_run, training_input
-from kseg.training.strategy import (
-    check_global_batch,
-    get_strategy,
-    scaled_learning_rate,
-    synchronize_batch_norm,
-)
-from kseg.training.trainer import build_schedule, check_training_settings, precision_policy
+from kseg.training.loop import distribution_record, fit_run, start_run, training_input
+from kseg.training.trainer import build_schedule
 from kseg.utils import progress, write_json
 
 # --model-config: backbone + sizes of the heads (user --set values override them).
@@ -472,11 +467,9 @@ def train_detection(task, spec, output_dir, model_config="small", model_kwargs=N
                     verbose=1, strategy="default", cpu_replicas=None, mixed_precision=False, jit_compile=False,
                     lr_reference_batch=None):
     """Trains the model of a `DetectionTask` into a run folder; the arguments as `train_instances`."""
-    check_training_settings(epochs, steps_per_epoch, batch_size)
-    dist = get_strategy(strategy, cpu_replicas=cpu_replicas)
-    check_global_batch(dist, batch_size)
-    rate = scaled_learning_rate(learning_rate, batch_size, lr_reference_batch)
-    keras.utils.set_random_seed(seed)
+    dist, rate = start_run(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                           learning_rate=learning_rate, seed=seed, strategy=strategy, cpu_replicas=cpu_replicas,
+                           lr_reference_batch=lr_reference_batch)
     train_examples, val_examples, categories = task.load_splits(spec)
     if not len(train_examples) or not len(val_examples):
         raise kdata.DataError(f"{len(train_examples)} training and {len(val_examples)} validation images, expected "
@@ -488,11 +481,10 @@ def train_detection(task, spec, output_dir, model_config="small", model_kwargs=N
         shuffle=True, flip=augment, seed=seed, semantic=task.semantic, shard=shard, skip=skip),
         batch_size, output_dir, steps_per_epoch)
     model_kwargs = dict(model_kwargs or {})
-    with precision_policy(mixed_precision), dist.scope():
+    with dtype_policy_scope("mixed_float16" if mixed_precision else None), dist.scope():
         net = task.build(model_config, categories, spec.image_size, **model_kwargs)
         net.compile(optimizer=keras.optimizers.Adam(build_schedule(schedule, rate, epochs * steps_per_epoch),
                                                     clipnorm=10.0), jit_compile=jit_compile)
-        synchronize_batch_norm(net, dist)
     val = resized(val_examples, spec.image_size)
     config = {k: v for k, v in net.get_config().items() if k not in ("name", "trainable", "dtype")}
     run = {
@@ -500,9 +492,8 @@ def train_detection(task, spec, output_dir, model_config="small", model_kwargs=N
         "model": {"name": task.model_name, "config": model_config, "kwargs": model_kwargs, "constructor": config,
                   "params": int(net.count_params())},
         "train": {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
-                  "learning_rate": rate, "lr_reference_batch": lr_reference_batch, "schedule": schedule,
-                  "augment": augment, "seed": seed, "strategy": strategy, "replicas": dist.num_replicas_in_sync,
-                  "mixed_precision": mixed_precision, "jit_compile": jit_compile,
+                  "schedule": schedule, "augment": augment, "seed": seed,
+                  **distribution_record(dist, strategy, rate, lr_reference_batch, mixed_precision, jit_compile),
                   "train_images": len(train_examples), "val_images": len(val_examples)},
     }
 

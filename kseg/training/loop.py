@@ -7,6 +7,7 @@ skips the batches already trained on, so the resumed run sees the data the unint
 would have seen. Every file is written atomically (temporary name, then rename).
 """
 
+import math
 import os
 import time
 
@@ -14,7 +15,14 @@ import keras
 import numpy as np
 
 from kseg.training import callbacks as kcallbacks
-from kseg.training.strategy import distributed_dataset, is_chief
+from kseg.training.strategy import (
+    check_global_batch,
+    distributed_dataset,
+    get_strategy,
+    is_chief,
+    scaled_learning_rate,
+    synchronize_batch_norm,
+)
 from kseg.utils import atomic_path, write_json
 
 RUN_FILES = ("best.keras", "final.keras", "history.csv", "curves.png", "metrics.json", "run.json")
@@ -32,6 +40,26 @@ def backup_dir(output_dir):
 def resume_epoch(output_dir):
     """The epoch a run into `output_dir` starts at: 0, or the epoch its backup holds."""
     return kcallbacks.BackupAndRestore.saved_epoch(backup_dir(output_dir))
+
+
+def start_run(*, epochs, steps_per_epoch, batch_size, learning_rate, seed, strategy, cpu_replicas, lr_reference_batch):
+    """What every `kseg train` task does first: checks the lengths (errors name the flag), makes
+    the strategy, checks that the global batch splits over its replicas, scales the learning
+    rate, and seeds Keras/TF/NumPy. Returns (the `tf.distribute.Strategy`, the learning rate)."""
+    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--steps-per-epoch", steps_per_epoch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} {value!r}: expected an int >= 1")
+    dist = get_strategy(strategy, cpu_replicas=cpu_replicas)
+    check_global_batch(dist, batch_size)
+    rate = scaled_learning_rate(learning_rate, batch_size, lr_reference_batch)
+    keras.utils.set_random_seed(seed)
+    return dist, rate
+
+
+def distribution_record(dist, strategy, rate, lr_reference_batch, mixed_precision, jit_compile):
+    """The entries of run.json's "train" that say how a run was distributed and compiled."""
+    return {"learning_rate": rate, "lr_reference_batch": lr_reference_batch, "strategy": strategy,
+            "replicas": dist.num_replicas_in_sync, "mixed_precision": mixed_precision, "jit_compile": jit_compile}
 
 
 def training_input(strategy, build, batch_size, output_dir, steps_per_epoch):
@@ -63,7 +91,8 @@ def fit_run(net, run, output_dir, train_ds, *, validation, monitor, curves, eval
     """Trains a compiled model with `fit` into a run folder, then scores its best model.
 
     Args:
-        net: a compiled model (built in the strategy's scope).
+        net: a compiled model (built in the strategy's scope; its BatchNormalization layers
+            are synchronized across replicas here).
         run: the run.json dict; its "train" holds epochs and steps_per_epoch.
         output_dir: the run folder.
         train_ds: the training input (`training_input`).
@@ -80,6 +109,7 @@ def fit_run(net, run, output_dir, train_ds, *, validation, monitor, curves, eval
         nothing, "metrics" is None.
     """
     chief = is_chief(net.distribute_strategy)
+    synchronize_batch_norm(net, net.distribute_strategy)
     paths = run_paths(output_dir)
     backup = backup_dir(output_dir)
     first_epoch = resume_epoch(output_dir)
@@ -112,6 +142,7 @@ def fit_run(net, run, output_dir, train_ds, *, validation, monitor, curves, eval
     epochs_run = len(history.history.get("loss", []))
     report.update(train_seconds=train_seconds, epochs_run=epochs_run, resumed_at_epoch=first_epoch,
                   epochs_done=first_epoch + epochs_run,
-                  steps_per_second=epochs_run * settings["steps_per_epoch"] / train_seconds)
+                  steps_per_second=epochs_run * settings["steps_per_epoch"] / train_seconds if train_seconds > 0
+                  else math.nan)
     write_json(paths["metrics.json"], report)
     return {"history": history.history, "paths": paths, "metrics": report, "run": run}

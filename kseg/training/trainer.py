@@ -11,7 +11,6 @@ A run folder holds:
     metrics.json    per-class IoU / Dice and mIoU of best.keras on the validation set
 """
 
-import contextlib
 import os
 
 import keras
@@ -20,15 +19,10 @@ from kseg import data as kdata
 from kseg import losses as klosses
 from kseg import metrics as kmetrics
 from kseg.models import build_model
+from kseg.models.base import dtype_policy_scope
 from kseg.training import callbacks as kcallbacks
 from kseg.training.evaluate import evaluate_model
-from kseg.training.loop import fit_run, training_input
-from kseg.training.strategy import (
-    check_global_batch,
-    get_strategy,
-    scaled_learning_rate,
-    synchronize_batch_norm,
-)
+from kseg.training.loop import distribution_record, fit_run, start_run, training_input
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "focal")
 SCHEDULES = ("constant", "cosine", "poly")
@@ -104,25 +98,22 @@ def val_dataset(spec, pairs, batch_size):
     return kdata.folder_dataset(pairs, batch_size=batch_size if spec.image_size else 1, **_reading(spec))
 
 
-def make_datasets(spec, train_pairs, val_pairs, batch_size, augment=True, seed=0, shard=None, skip=0):
-    """(train, val) tf.data pipelines; the training one repeats forever (fit counts steps).
+def make_datasets(spec, train_pairs, val_pairs, batch_size, augment=True, seed=0):
+    """(train, val) tf.data pipelines; the training one repeats forever (fit counts steps)."""
+    return train_dataset(spec, train_pairs, batch_size, augment, seed), val_dataset(spec, val_pairs, batch_size)
 
-    `shard` and `skip` select one input pipeline's share of the training stream and drop what a
-    resumed run has trained on (`kseg.data.sharding`); validation is read whole.
+
+def train_dataset(spec, pairs, batch_size, augment=True, seed=0, shard=None, skip=0):
+    """The training pipeline: shuffled, augmented, repeating forever (fit counts steps).
+
+    `shard` and `skip` select one input pipeline's share of the stream and drop what a resumed
+    run has trained on (`kseg.data.sharding`).
     """
     augmenter = kdata.Augment(ignore_class=spec.ignore_class) if augment else None
-    train = kdata.folder_dataset(
-        train_pairs, batch_size=batch_size, augment=augmenter, shuffle=True, repeat=True, seed=seed,
+    return kdata.folder_dataset(
+        pairs, batch_size=batch_size, augment=augmenter, shuffle=True, repeat=True, seed=seed,
         drop_remainder=True, crop_size=spec.crop_size, shard=shard, skip=skip, **_reading(spec),
     )
-    return train, val_dataset(spec, val_pairs, batch_size)
-
-
-def check_training_settings(epochs, steps_per_epoch, batch_size):
-    """Checks the lengths every `kseg train` task shares; the error names the flag."""
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--steps-per-epoch", steps_per_epoch)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} {value!r}: expected an int >= 1")
 
 
 def train(
@@ -173,11 +164,9 @@ def train(
         A dict with the history, the paths written and the validation metrics of best.keras
         (None on a worker other than the chief).
     """
-    check_training_settings(epochs, steps_per_epoch, batch_size)
-    dist = get_strategy(strategy, cpu_replicas=cpu_replicas)
-    check_global_batch(dist, batch_size)
-    rate = scaled_learning_rate(learning_rate, batch_size, lr_reference_batch)
-    keras.utils.set_random_seed(seed)
+    dist, rate = start_run(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                           learning_rate=learning_rate, seed=seed, strategy=strategy, cpu_replicas=cpu_replicas,
+                           lr_reference_batch=lr_reference_batch)
     train_pairs, val_pairs, summaries = load_splits(spec)
     if class_weights == "median_frequency":  # from the counts the file checks already made
         counts = summaries["train"]
@@ -187,12 +176,12 @@ def train(
     if steps_per_epoch is None:
         steps_per_epoch = max(len(train_pairs) // batch_size, 1)
     val_ds = val_dataset(spec, val_pairs, batch_size)
-    train_ds = training_input(dist, lambda batch, shard, skip: make_datasets(
-        spec, train_pairs, val_pairs, batch, augment=augment, seed=seed, shard=shard, skip=skip)[0],
+    train_ds = training_input(dist, lambda batch, shard, skip: train_dataset(
+        spec, train_pairs, batch, augment=augment, seed=seed, shard=shard, skip=skip),
         batch_size, output_dir, steps_per_epoch)
 
     model_kwargs = dict(model_kwargs or {})
-    with precision_policy(mixed_precision):
+    with dtype_policy_scope("mixed_float16" if mixed_precision else None):
         with dist.scope():
             net = build_model(
                 model, num_classes=spec.num_classes, input_shape=spec.model_input_shape, **model_kwargs
@@ -206,15 +195,13 @@ def train(
                 ],
                 jit_compile=jit_compile,
             )
-            synchronize_batch_norm(net, dist)
         run = {
             "data": spec.to_json(),
             "model": {"name": model, "kwargs": model_kwargs, "params": int(net.count_params())},
             "train": dict(
-                epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, learning_rate=rate,
-                lr_reference_batch=lr_reference_batch, schedule=schedule, loss=loss, class_weights=class_weights,
-                augment=augment, strategy=strategy, replicas=dist.num_replicas_in_sync,
-                mixed_precision=mixed_precision, jit_compile=jit_compile, seed=seed,
+                epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, schedule=schedule, loss=loss,
+                class_weights=class_weights, augment=augment, seed=seed,
+                **distribution_record(dist, strategy, rate, lr_reference_batch, mixed_precision, jit_compile),
                 train_pairs=len(train_pairs), val_pairs=len(val_pairs),
                 class_pixels={name: summary["class_pixels"] for name, summary in summaries.items()},
             ),
@@ -228,16 +215,3 @@ def train(
                                                  spec.class_names, verbose=verbose),
             load=lambda: keras.models.load_model(best_path) if os.path.exists(best_path) else net,
         )
-
-
-@contextlib.contextmanager
-def precision_policy(mixed_precision):
-    """Builds under the "mixed_float16" policy when asked, restoring float32 afterwards."""
-    if not mixed_precision:
-        yield
-        return
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
