@@ -1,35 +1,69 @@
-"""Panoptic Quality (PQ, SQ, RQ), the COCO panoptic definition, streamed over a data set.
+"""Panoptic Quality (PQ, SQ, RQ) by COCO panopticapi's rules, streamed over a data set.
 
-Kirillov, He, Girshick, Rother and Dollar, "Panoptic Segmentation", CVPR 2019.
+Kirillov, He, Girshick, Rother and Dollar, "Panoptic Segmentation", CVPR 2019. The rules
+below are those of COCO's evaluation code (cocodataset/panopticapi, `pq_compute`), rule for
+rule; tests/test_panoptic_quality.py checks kseg against `hotcoco`'s PQ (verified against
+panopticapi) to 1e-9 on real COCO panoptic ground truth and on adversarial cases.
 
 Shape shorthand, per image:
 
-    gt_map         int [H, W]  ground-truth segment ids, 0 = VOID (unlabeled, ignored)
+    gt_map         int [H, W]  ground-truth segment ids, 0 = VOID (unlabeled pixels)
     gt_segments    {segment_id: {"category_id", "iscrowd" (0/1, default 0), ...}}
     pred_map       int [H, W]  predicted segment ids, 0 = no prediction
-    pred_segments  {segment_id: {"category_id", ...}}
+    pred_segments  {segment_id: {"category_id", ...}} ("iscrowd" of a prediction is ignored)
     categories     [K] dicts {"id", "name", "isthing" (0/1)}; ids need not be contiguous
 
-A segment table may also be a list of COCO `segments_info` dicts (each with "id"). Every
-nonzero id of a map must be in its table and every id of a table must have pixels in its
-map (a `DataError` otherwise: drop empty segments before evaluating).
+A segment table may also be a list of COCO `segments_info` dicts (each with "id"); the
+order of a table matters for one rule (the crowd region of a category). Areas are pixel
+counts of the maps: an "area" field in a table is not read (maps may have been resized).
 
-The rules, for one image:
+The rules, for one image, with |.| a pixel count:
 
+    void       gt id 0 and nothing else (COCO's unlabeled pixels).
+    crowd_c    the crowd region of category c: the ground-truth segment of category c with
+               iscrowd 1; when an image has several, the last one in gt_segments' order
+               (panopticapi keeps one per category: the others are neither matched nor FN
+               and excuse no prediction).
+    IoU        IoU(p, g) = |p & g| / (|p| + |g| - |p & g| - |p & void|): predicted pixels on
+               void count neither for nor against p. Pixels on a crowd region are NOT taken
+               out of the union, whatever its category.
     match      a predicted segment p and a non-crowd ground-truth segment g of the same
-               category match when IoU(p, g) > 0.5 (then the match is unique), where
-               IoU = |p & g| / (|p | g| - |p & void| - |p & crowd_c|), crowd_c being the
-               ground-truth crowd regions of their category c: predicted pixels on VOID or on
-               a crowd region of their own class count neither for nor against p.
+               category match when IoU(p, g) > 0.5, strictly (such a match is unique both
+               ways: each side covers more than half of the other).
     TP         matched pairs; their IoUs are summed per category.
-    FN         ground-truth segments left unmatched; crowd segments are never FN.
-    FP         predicted segments left unmatched, except those lying mostly on VOID or on a
-               crowd region of their class: (|p & void| + |p & crowd_c|) / |p| > 0.5 (ignored).
+    FN         non-crowd ground-truth segments left unmatched; crowd segments are never FN.
+    FP         predicted segments left unmatched, except those ignored (counted nowhere):
+               (|p & void| + |p & crowd_c|) / |p| > 0.5, c being p's category (|p & crowd_c|
+               = 0 when the image has no crowd region of that category).
 
 Per category c: PQ = sum IoU / (TP + FP / 2 + FN / 2), SQ = sum IoU / TP (0 when TP = 0),
-RQ = TP / (TP + FP / 2 + FN / 2). Averages over "all", "things" and "stuff" categories skip
-categories with TP + FP + FN = 0 (absent from ground truth and predictions alike); their
-"n" says how many categories were averaged, and an average over none is NaN.
+RQ = TP / (TP + FP / 2 + FN / 2), TP, FP, FN and sum IoU summed over all images first.
+"all", "things" (isthing 1) and "stuff" (isthing 0) average the per-category values over
+the categories with TP + FP + FN > 0 (present in ground truth or predictions and not only as
+crowd regions or ignored predictions); "n" says how many.
+
+Where panopticapi crashes or silently scores malformed input, kseg raises `DataError`
+naming the image, the ids and what was expected, so kseg's PQ equals panopticapi's or is
+an error, never a different number:
+
+    - a nonzero id in a map that its table does not list (panopticapi: KeyError for a
+      prediction; for ground truth it scores the pixels as an unknown segment, not void);
+    - a listed id with no pixel in its map (panopticapi: KeyError for a prediction; a
+      ground-truth one counts as an FN);
+    - a repeated id in a segments_info list (panopticapi keeps the last entry), id 0 listed
+      in a table (panopticapi scores void as a segment) or a non-int id;
+    - a category_id absent from `categories` (panopticapi: KeyError for a prediction; a
+      ground-truth one is scored into a category no average reads);
+    - iscrowd other than 0 / 1 (panopticapi: KeyError when missing, kseg's default is 0;
+      2 would be non-crowd there);
+    - in `evaluate_panoptic_folders`: a ground-truth "area" that differs from its PNG pixel
+      count (panopticapi would use the stated area in the union), an image without a
+      prediction (panopticapi raises too) and a prediction of an image absent from the
+      ground truth (panopticapi ignores it).
+
+Two outputs differ in form, not in value: a group with no category to average has NaN
+PQ, SQ and RQ and n = 0 (panopticapi: ZeroDivisionError), and a category with
+TP + FP + FN = 0 has NaN in "per_class" (panopticapi: 0.0).
 """
 
 import collections.abc
@@ -39,7 +73,7 @@ import numpy as np
 from kseg.data.errors import DataError
 
 _MATCH_IOU = 0.5  # a match needs IoU strictly above this
-_IGNORE_FRACTION = 0.5  # an unmatched prediction more than this on void/crowd is not an FP
+_IGNORE_FRACTION = 0.5  # an unmatched prediction more than this on void + its crowd region is not an FP
 _SHOW = 5
 
 
@@ -148,7 +182,9 @@ def evaluate_panoptic_folders(gt_json, gt_dir, pred_json, pred_dir, categories=N
 
     Images are paired by image_id: every ground-truth image needs a prediction (a
     `DataError` names the missing ones); predictions of other images are an error too.
-    One image pair is decoded at a time.
+    One image pair is decoded at a time. A ground-truth segment's stated "area", where
+    given, must equal its pixel count in the PNG (a `DataError` otherwise: panopticapi would
+    use the stated area in the IoU's union); predictions' stated areas are not read.
 
     Args:
         gt_json, gt_dir: the ground truth's COCO panoptic JSON and PNG folder.
@@ -180,6 +216,7 @@ def evaluate_panoptic_folders(gt_json, gt_dir, pred_json, pred_dir, categories=N
     metric = PanopticQuality(categories)
     for i, image_id in enumerate(gt.image_ids):
         truth, guess = gt[i], pred[by_id[image_id]]
+        _check_stated_areas(truth["panoptic"], truth["segments"], f"{gt.paths[i]} (image_id {image_id!r} of {gt_json})")
         metric.update_state(truth["panoptic"], truth["segments"], guess["panoptic"], guess["segments"])
     return metric.result()
 
@@ -193,6 +230,15 @@ def panoptic_counts(gt_map, gt_segments, pred_map, pred_segments, categories, *,
 
     Returns:
         (tp, fp, fn, iou): int64 [K] x 3 and float64 [K], in the order of `categories`.
+
+    Example (a crowd region stays in the union: IoU = 4 / 6, not 4 / 4):
+        >>> people = [{"id": 1, "name": "person", "isthing": 1}]
+        >>> gt, pred = np.array([[9, 9, 1, 1, 1, 1]]), np.array([[5, 5, 5, 5, 5, 5]])
+        >>> tp, fp, fn, iou = panoptic_counts(
+        ...     gt, {1: {"category_id": 1}, 9: {"category_id": 1, "iscrowd": 1}},
+        ...     pred, {5: {"category_id": 1}}, people)
+        >>> tp.tolist(), fp.tolist(), fn.tolist(), round(float(iou[0]), 4)
+        ([1], [0], [0], 0.6667)
     """
     if _index is None:
         categories = _check_categories(categories, "panoptic_counts")
@@ -208,7 +254,8 @@ def panoptic_counts(gt_map, gt_segments, pred_map, pred_segments, categories, *,
     # Every (gt id, pred id) pair that shares pixels, with its pixel count.
     scale = int(pred_map.max(initial=0)) + 1
     pairs, counts = np.unique(gt_map * scale + pred_map, return_counts=True)
-    gt_ids, pred_ids = pairs // scale, pairs % scale
+    gt_ids, pred_ids = (pairs // scale).tolist(), (pairs % scale).tolist()
+    overlap = dict(zip(zip(gt_ids, pred_ids), counts.tolist()))
     gt_area = _sums(gt_ids, counts)
     pred_area = _sums(pred_ids, counts)
     gt_area.pop(0, None)
@@ -216,39 +263,32 @@ def panoptic_counts(gt_map, gt_segments, pred_map, pred_segments, categories, *,
     _check_ids(gt_area, gt_table, f"{_where}: gt_map", "gt_segments")
     _check_ids(pred_area, pred_table, f"{_where}: pred_map", "pred_segments")
 
-    # Predicted pixels that count for nothing: on VOID, or on a crowd region of their own class.
-    ignored = dict.fromkeys(pred_area, 0)
-    candidates = []  # (gt id, pred id, intersection) of the same category, gt not crowd
-    for g, p, count in zip(gt_ids.tolist(), pred_ids.tolist(), counts.tolist()):
-        if p == 0:
-            continue
-        if g == 0:
-            ignored[p] += count
-            continue
-        (gt_class, crowd), pred_class = gt_table[g], pred_table[p][0]
-        if gt_class != pred_class:
-            continue
-        if crowd:
-            ignored[p] += count
-        else:
-            candidates.append((g, p, count))
-
     k = len(_index)
     tp, fp, fn, iou_sum = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k)
     matched_gt, matched_pred = set(), set()
-    for g, p, intersection in candidates:
-        union = gt_area[g] + pred_area[p] - intersection - ignored[p]
+    for (g, p), intersection in overlap.items():
+        if g == 0 or p == 0 or gt_table[g][1] or gt_table[g][0] != pred_table[p][0]:
+            continue
+        union = pred_area[p] + gt_area[g] - intersection - overlap.get((0, p), 0)
         iou = intersection / union
-        if iou > _MATCH_IOU and g not in matched_gt and p not in matched_pred:  # IoU > 0.5 is already unique
+        if iou > _MATCH_IOU:  # unique both ways
             matched_gt.add(g)
             matched_pred.add(p)
             tp[gt_table[g][0]] += 1
             iou_sum[gt_table[g][0]] += iou
+    crowd_region = {}  # category index -> gt id of its crowd region, the last one listed
     for g, (cls, crowd) in gt_table.items():
-        if not crowd and g not in matched_gt:
+        if crowd:
+            crowd_region[cls] = g
+        elif g not in matched_gt:
             fn[cls] += 1
     for p, (cls, _) in pred_table.items():
-        if p not in matched_pred and ignored[p] / pred_area[p] <= _IGNORE_FRACTION:
+        if p in matched_pred:
+            continue
+        excused = overlap.get((0, p), 0)  # on void, or on the crowd region of p's category
+        if cls in crowd_region:
+            excused += overlap.get((crowd_region[cls], p), 0)
+        if excused / pred_area[p] <= _IGNORE_FRACTION:
             fp[cls] += 1
     return tp, fp, fn, iou_sum
 
@@ -328,10 +368,22 @@ def _check_ids(areas, table, map_where, table_name):
                         "expected every listed segment to have pixels (drop empty segments)")
 
 
+def _check_stated_areas(id_map, segments, where):
+    """Ground-truth "area" fields, where present, must be the map's pixel counts."""
+    ids, counts = np.unique(id_map, return_counts=True)
+    count = dict(zip(ids.tolist(), counts.tolist()))
+    wrong = [(sid, info["area"], count.get(sid, 0)) for sid, info in segments.items()
+             if "area" in info and not (_is_int(info["area"]) and info["area"] == count.get(sid, 0))]
+    if wrong:
+        raise DataError(f"{where}: segments_info states area(s) {_some(f'{s}: {a!r}' for s, a, _ in wrong)} but the "
+                        f"PNG has {_some(f'{s}: {n}' for s, _, n in wrong)} pixels; expected each stated area to be "
+                        "its segment's pixel count (COCO's panopticapi puts the stated area in the IoU)")
+
+
 def _sums(ids, counts):
     """{id: total count} over repeated ids."""
     out = {}
-    for i, c in zip(ids.tolist(), counts.tolist()):
+    for i, c in zip(ids, counts.tolist()):
         out[i] = out.get(i, 0) + c
     return out
 
