@@ -93,6 +93,8 @@ def build_parser():
     inst.add_argument("--val-coco-json", help="COCO instances JSON of the validation images (with --val-images)")
     inst.add_argument("--label-maps", help="folder of instance label-map PNGs, paired by stem with --images")
     inst.add_argument("--val-label-maps", help="validation label maps (with --val-images)")
+    inst.add_argument("--yolo-data", help="Ultralytics YOLO segmentation data.yaml (images/, labels/*.txt polygons); "
+                                          "its val split validates, or --val-fraction when val lists the train images")
     inst.add_argument("--shapes", type=int, help="N synthetic images of circles, squares, triangles (no download)")
     inst.add_argument("--max-instances", type=int, help="ground-truth instances per image (default 32)")
     inst.add_argument("--model-config", choices=("small", "mobilenet", "resnet50"),
@@ -234,7 +236,7 @@ _SEMANTIC_ONLY = [("masks", "--masks", None), ("num_classes", "--num-classes", N
                   ("model", "--model", "unet"), ("loss", "--loss", "ce"), ("class_weights", "--class-weights", None)]
 _INSTANCE_ONLY = [("coco_json", "--coco-json", None), ("val_coco_json", "--val-coco-json", None),
                   ("label_maps", "--label-maps", None), ("val_label_maps", "--val-label-maps", None),
-                  ("shapes", "--shapes", None), ("max_instances", "--max-instances", None),
+                  ("yolo_data", "--yolo-data", None), ("shapes", "--shapes", None), ("max_instances", "--max-instances", None),
                   ("model_config", "--model-config", None)]
 _PANOPTIC_ONLY = [("panoptic_json", "--panoptic-json", None), ("panoptic_pngs", "--panoptic-pngs", None),
                   ("val_panoptic_json", "--val-panoptic-json", None), ("val_panoptic_pngs", "--val-panoptic-pngs", None)]
@@ -300,15 +302,18 @@ def cmd_train_instance(args):
     from kseg.training.instance import DEFAULT_SHAPES, InstanceDataSpec, format_ap_table, train_instances
 
     sources = [flag for attr, flag in (("shapes", "--shapes"), ("coco_json", "--coco-json"),
-                                       ("label_maps", "--label-maps")) if getattr(args, attr) is not None]
+                                       ("label_maps", "--label-maps"), ("yolo_data", "--yolo-data"))
+               if getattr(args, attr) is not None]
     if len(sources) > 1:
         raise ValueError(f"{' and '.join(sources)}: expected one instance data source")
-    source = {"--coco-json": "coco", "--label-maps": "label_maps"}.get(sources[0] if sources else "", "shapes")
+    source = {"--coco-json": "coco", "--label-maps": "label_maps", "--yolo-data": "yolo"}.get(
+        sources[0] if sources else "", "shapes")
     if source == "shapes" and args.images:
         raise ValueError("--images needs --coco-json or --label-maps (the annotations of the images)")
     spec = InstanceDataSpec(
         source=source, image_size=args.image_size,
         max_instances=32 if args.max_instances is None else args.max_instances,
+        yolo_data=args.yolo_data,
         shapes=(DEFAULT_SHAPES if args.shapes is None else args.shapes) if source == "shapes" else None,
         coco_json=args.coco_json, images=args.images, label_maps=args.label_maps, val_coco_json=args.val_coco_json,
         val_images=args.val_images, val_label_maps=args.val_label_maps, val_fraction=args.val_fraction,

@@ -41,6 +41,7 @@ from pycocotools import mask as mask_utils
 from kseg import data as kdata
 from kseg import viz
 from kseg.data.instances import instance_dataset, read_coco_instances, read_instance_label_map
+from kseg.data.yolo import read_yolo_data, read_yolo_yaml
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from kseg.metrics.coco import STAT_NAMES, InstanceAP
 from kseg.models.base import dtype_policy_scope
@@ -57,7 +58,7 @@ MODEL_CONFIGS = {
                   "mask_channels": 128, "max_detections": 50},
     "resnet50": {"backbone": "resnet50"},  # the paper's sizes (MaskRCNN's defaults)
 }
-SOURCES = ("shapes", "coco", "label_maps")
+SOURCES = ("shapes", "coco", "label_maps", "yolo")
 DEFAULT_SHAPES = 200  # synthetic images when no data source is given
 MONITOR = "val_segm_AP"
 _LOGGED = ("AP", "AP50", "AP75")
@@ -69,7 +70,8 @@ class InstanceDataSpec:
 
     Args:
         source: "shapes" (synthetic, no download), "coco" (a COCO instances JSON + image
-            folder) or "label_maps" (instance label-map PNGs paired by stem with images).
+            folder), "label_maps" (instance label-map PNGs paired by stem with images) or
+            "yolo" (an Ultralytics YOLO segmentation data.yaml, `kseg.data.yolo`).
         image_size: (H, W) the model works at, both divisible by 32.
         max_instances: M, ground-truth instances per training image (the largest kept).
         shapes: image count of the synthetic set (>= 2: some are held out).
@@ -77,6 +79,8 @@ class InstanceDataSpec:
             of both "coco" and "label_maps").
         val_coco_json, val_images, val_label_maps: a separate validation set; when absent,
             `val_fraction` of the training images is held out (`kseg.data.split_pairs`).
+        yolo_data: "yolo": the data.yaml; its val split validates, unless it lists the
+            train images (coco128's does): then `val_fraction` of them is held out.
         split_seed: seed of that split (and of the synthetic images).
         class_names: "coco": the categories to keep (ids 1..K in this order); "label_maps":
             the one class name; "shapes": not used.
@@ -95,6 +99,7 @@ class InstanceDataSpec:
     val_fraction: float = 0.2
     split_seed: int = 0
     class_names: list = None
+    yolo_data: str = None
 
     def __post_init__(self):
         self.image_size = tuple(int(s) for s in self.image_size)
@@ -115,6 +120,11 @@ class InstanceDataSpec:
              "--val-images, --val-coco-json and --val-label-maps are for file data"),
             (self.source != "shapes" or not self.class_names,
              f"--class-names {names}: the shapes set has its own classes (circle, square, triangle)"),
+            (self.source == "yolo" or not self.yolo_data, f"--yolo-data is the data of source 'yolo', not {self.source!r}"),
+            (self.source != "yolo" or self.yolo_data, "instance data source 'yolo' needs --yolo-data (a data.yaml)"),
+            (self.source != "yolo" or not (self.images or given_val or self.class_names),
+             "--yolo-data needs no --images, --val-* or --class-names (its data.yaml names the images, the splits "
+             "and the classes)"),
             ((self.source == "coco" or not self.val_coco_json)
              and (self.source == "label_maps" or not self.val_label_maps),
              "--val-coco-json goes with --coco-json, --val-label-maps with --label-maps"),
@@ -129,7 +139,8 @@ class InstanceDataSpec:
                 raise ValueError(message)
 
     def to_json(self):
-        return spec_json(self, ("coco_json", "images", "label_maps", "val_coco_json", "val_images", "val_label_maps"))
+        return spec_json(self, ("coco_json", "images", "label_maps", "val_coco_json", "val_images", "val_label_maps",
+                                "yolo_data"))
 
 
 def detection_spec_checks(spec):
@@ -235,6 +246,8 @@ def load_instance_splits(spec):
         DataError (a ValueError) naming the file, the value seen and the value expected.
     """
     held_out = not (spec.val_coco_json or spec.val_label_maps)
+    if spec.source == "yolo":
+        return load_yolo_splits(spec)
     if spec.source == "shapes":
         size = spec.image_size
         examples = shapes_dataset_examples(spec.shapes, seed=spec.split_seed, image_size=size,
@@ -259,6 +272,16 @@ def load_instance_splits(spec):
     if val is not None:
         return examples, val, categories
     return (*held_out_split(examples, names, spec), categories)
+
+
+def load_yolo_splits(spec):
+    """(train, val, categories) of a YOLO data.yaml: its val split, or held-out train images when
+    the yaml's val lists the train images (a model is never scored on what it trained on)."""
+    config = read_yolo_yaml(spec.yolo_data)
+    examples, categories = read_yolo_data(spec.yolo_data, "train")
+    if config["val"] != config["train"]:
+        return examples, read_yolo_data(spec.yolo_data, "val")[0], categories
+    return (*held_out_split(examples, examples.paths, spec), categories)
 
 
 def held_out_split(examples, names, spec):
