@@ -17,7 +17,12 @@ from keras import layers, ops
 
 from kseg.ops.attention import multi_head_attention
 
-LAYER_NORM_EPSILON = 1e-6  # the reference implementation's LayerNorm epsilon
+# LayerNorm epsilons. The layers default to 1e-6 everywhere (what kseg used before it loaded
+# published weights, so configs saved then rebuild unchanged); SegFormer passes the source's:
+# NVlabs' MiT uses 1e-6 in the blocks and the stage norms but PyTorch's default 1e-5 in the
+# norms that follow a strided conv (patch embedding, sequence reduction); Hugging Face's
+# SegFormer uses 1e-5 everywhere.
+LAYER_NORM_EPSILON = 1e-6
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -74,6 +79,7 @@ class OverlapPatchEmbed(layers.Layer):
         channels: output channels (the stage width).
         patch_size: k.
         stride: s.
+        layer_norm_epsilon: epsilon of the LayerNorm (NVlabs and Hugging Face: 1e-5).
 
     Example:
         >>> import numpy as np
@@ -82,14 +88,15 @@ class OverlapPatchEmbed(layers.Layer):
         (1, 8, 8, 8)
     """
 
-    def __init__(self, channels, patch_size=7, stride=4, **kwargs):
+    def __init__(self, channels, patch_size=7, stride=4, layer_norm_epsilon=LAYER_NORM_EPSILON, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
         self.patch_size = patch_size
         self.stride = stride
+        self.layer_norm_epsilon = layer_norm_epsilon
         self.pad = layers.ZeroPadding2D(patch_size // 2, name="pad")
         self.proj = layers.Conv2D(channels, patch_size, strides=stride, name="proj")
-        self.norm = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="norm")
+        self.norm = layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm")
 
     def build(self, input_shape):
         padded = self.pad.compute_output_shape(input_shape)
@@ -104,7 +111,13 @@ class OverlapPatchEmbed(layers.Layer):
         return self.proj.compute_output_shape(self.pad.compute_output_shape(input_shape))
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "patch_size": self.patch_size, "stride": self.stride}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "patch_size": self.patch_size,
+            "stride": self.stride,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -121,6 +134,8 @@ class EfficientSelfAttention(layers.Layer):
         channels: C.
         num_heads: h; C must be divisible by h.
         reduction_ratio: R (8, 4, 2, 1 for the four MiT stages).
+        layer_norm_epsilon: epsilon of the LayerNorm after the reduction conv (NVlabs and
+            Hugging Face: 1e-5).
 
     Example:
         >>> import numpy as np
@@ -129,20 +144,21 @@ class EfficientSelfAttention(layers.Layer):
         (1, 16, 16, 8)
     """
 
-    def __init__(self, channels, num_heads=1, reduction_ratio=1, **kwargs):
+    def __init__(self, channels, num_heads=1, reduction_ratio=1, layer_norm_epsilon=LAYER_NORM_EPSILON, **kwargs):
         super().__init__(**kwargs)
         if channels % num_heads:
             raise ValueError(f"`channels` ({channels}) must be divisible by `num_heads` ({num_heads}).")
         self.channels = channels
         self.num_heads = num_heads
         self.reduction_ratio = reduction_ratio
+        self.layer_norm_epsilon = layer_norm_epsilon
         self.query = layers.Dense(channels, name="query")
         self.key = layers.Dense(channels, name="key")
         self.value = layers.Dense(channels, name="value")
         self.proj = layers.Dense(channels, name="proj")
         if reduction_ratio > 1:
             self.reduce = layers.Conv2D(channels, reduction_ratio, strides=reduction_ratio, name="reduce")
-            self.reduce_norm = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="reduce_norm")
+            self.reduce_norm = layers.LayerNormalization(epsilon=layer_norm_epsilon, name="reduce_norm")
 
     def build(self, input_shape):
         self.query.build(input_shape)
@@ -179,6 +195,7 @@ class EfficientSelfAttention(layers.Layer):
             "channels": self.channels,
             "num_heads": self.num_heads,
             "reduction_ratio": self.reduction_ratio,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
         }
 
 
@@ -194,6 +211,8 @@ class MixFFN(layers.Layer):
     Args:
         channels: C.
         mlp_ratio: hidden width over C (4 in every MiT variant).
+        approximate_gelu: the tanh approximation of GELU instead of the exact erf form (NVlabs
+            and Hugging Face use the exact one, keras-hub's MiT the approximation).
 
     Example:
         >>> import numpy as np
@@ -201,10 +220,11 @@ class MixFFN(layers.Layer):
         (1, 4, 4, 8)
     """
 
-    def __init__(self, channels, mlp_ratio=4, **kwargs):
+    def __init__(self, channels, mlp_ratio=4, approximate_gelu=False, **kwargs):
         super().__init__(**kwargs)
         self.channels = channels
         self.mlp_ratio = mlp_ratio
+        self.approximate_gelu = approximate_gelu
         self.fc1 = layers.Dense(channels * mlp_ratio, name="fc1")
         self.dwconv = layers.DepthwiseConv2D(3, padding="same", name="dwconv")
         self.fc2 = layers.Dense(channels, name="fc2")
@@ -218,13 +238,18 @@ class MixFFN(layers.Layer):
 
     def call(self, x):
         x = self.dwconv(self.fc1(x))
-        return self.fc2(keras.activations.gelu(x, approximate=False))
+        return self.fc2(keras.activations.gelu(x, approximate=self.approximate_gelu))
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "mlp_ratio": self.mlp_ratio}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "mlp_ratio": self.mlp_ratio,
+            "approximate_gelu": self.approximate_gelu,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -242,6 +267,10 @@ class MixTransformerBlock(layers.Layer):
         reduction_ratio: R of the sequence reduction.
         mlp_ratio: Mix-FFN hidden width over C.
         drop_path_rate: stochastic depth rate of both residual branches.
+        layer_norm_epsilon: epsilon of norm1 and norm2 (NVlabs: 1e-6, Hugging Face: 1e-5).
+        reduction_norm_epsilon: epsilon of the attention's sequence-reduction LayerNorm
+            (NVlabs and Hugging Face: 1e-5).
+        approximate_gelu: the Mix-FFN's GELU in its tanh approximation (keras-hub's MiT).
 
     Example:
         >>> import numpy as np
@@ -250,17 +279,33 @@ class MixTransformerBlock(layers.Layer):
         (2, 8, 8, 8)
     """
 
-    def __init__(self, channels, num_heads=1, reduction_ratio=1, mlp_ratio=4, drop_path_rate=0.0, **kwargs):
+    def __init__(
+        self,
+        channels,
+        num_heads=1,
+        reduction_ratio=1,
+        mlp_ratio=4,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=LAYER_NORM_EPSILON,
+        reduction_norm_epsilon=LAYER_NORM_EPSILON,
+        approximate_gelu=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.channels = channels
         self.num_heads = num_heads
         self.reduction_ratio = reduction_ratio
         self.mlp_ratio = mlp_ratio
         self.drop_path_rate = drop_path_rate
-        self.norm1 = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="norm1")
-        self.attention = EfficientSelfAttention(channels, num_heads, reduction_ratio, name="attention")
-        self.norm2 = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="norm2")
-        self.ffn = MixFFN(channels, mlp_ratio, name="ffn")
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.reduction_norm_epsilon = reduction_norm_epsilon
+        self.approximate_gelu = approximate_gelu
+        self.norm1 = layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm1")
+        self.attention = EfficientSelfAttention(
+            channels, num_heads, reduction_ratio, layer_norm_epsilon=reduction_norm_epsilon, name="attention"
+        )
+        self.norm2 = layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm2")
+        self.ffn = MixFFN(channels, mlp_ratio, approximate_gelu, name="ffn")
         self.drop_path = DropPath(drop_path_rate, name="drop_path")
 
     def build(self, input_shape):
@@ -283,4 +328,7 @@ class MixTransformerBlock(layers.Layer):
             "reduction_ratio": self.reduction_ratio,
             "mlp_ratio": self.mlp_ratio,
             "drop_path_rate": self.drop_path_rate,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "reduction_norm_epsilon": self.reduction_norm_epsilon,
+            "approximate_gelu": self.approximate_gelu,
         }

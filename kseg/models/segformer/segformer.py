@@ -1,6 +1,8 @@
 """SegFormer (Xie et al. 2021): a Mix Transformer encoder and a lightweight All-MLP decoder.
 
     input     [B, H, W, 3]  raw pixels in [0, 255]; H, W static and divisible by 32
+    normalize [B, H, W, 3]  ImageNet mean/std on [0, 1] pixels (the published checkpoints'), or
+              x / 127.5 - 1 ("symmetric", what kseg used before it loaded published weights)
     encoder   F_i [B, H / s, W / s, C_i], s = 4, 8, 16, 32 (kseg.models.segformer.mit)
     decoder   each F_i -> 1x1 linear to D -> bilinear to H / 4; concat (F_4 first) -> 1x1 conv
               4D -> D + BatchNorm + ReLU -> dropout -> 1x1 conv to K   (D = decoder_channels)
@@ -15,8 +17,27 @@ import keras
 from keras import layers
 
 from kseg.models.base import SegmentationModel, check_choice, check_kwargs, dtype_policy_scope
-from kseg.models.segformer.mit import MIT_CONFIGS, STRIDES, mix_transformer
+from kseg.models.segformer.mit import MIT_CONFIGS, STRIDES, encoder_name, mix_transformer, stage_widths_and_depths
 from kseg.models.unet import blocks
+
+# What the published SegFormer checkpoints were trained on (NVlabs' mmseg configs, Hugging Face's
+# image processor): (x / 255 - mean) / std per RGB channel.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("imagenet", "symmetric")
+
+# Values a config saved before these arguments existed was built with; `from_config` fills a
+# missing key with them, so older `.keras` files reload computing exactly what they did.
+_SAVED_BEFORE_DEFAULTS = {
+    "normalization": "symmetric",
+    "layer_norm_epsilon": 1e-6,
+    "stage_norm_epsilon": None,
+    "conv_norm_epsilon": 1e-6,
+    "approximate_gelu": False,
+    "batch_norm_epsilon": 1e-3,
+    "widths": None,
+    "depths": None,
+}
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -25,9 +46,15 @@ class SegFormer(SegmentationModel):
 
     Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
     Transformers", NeurIPS 2021. The encoder is the nested model "mit_{variant}"; the
-    decoder layers are named "decode_*". Like kseg's U-Nets the model normalizes raw pixels
-    inside the graph ([0, 255] -> [-1, 1]) and returns logits at the input size, so training,
-    metrics and export treat it like a UNet.
+    decoder layers are named "decode_*" ("decode_logits" gives the stride-4 logits the
+    reference implementations return). Like kseg's U-Nets the model normalizes raw pixels
+    inside the graph and returns logits at the input size, so training, metrics and export
+    treat it like a UNet.
+
+    The defaults are those of NVlabs' implementation, which published the weights: ImageNet
+    normalization, LayerNorm epsilon 1e-6 in the blocks and stage norms and 1e-5 after the
+    strided convs, decoder BatchNorm epsilon 1e-5. `kseg.weights.load_segformer` sets the
+    epsilons of the checkpoint's source (Hugging Face uses 1e-5 everywhere).
 
     Parameter counts with 150 classes (ADE20K), counted as PyTorch does (trainable weights;
     BatchNorm's moving statistics are buffers, not parameters), beside the paper's Table 1:
@@ -43,12 +70,21 @@ class SegFormer(SegmentationModel):
 
     Args:
         num_classes: K, channels of the output logits.
-        variant: "b0".."b5" (`MIT_CONFIGS`).
+        variant: "b0".."b5" (`MIT_CONFIGS`), or None for custom `widths` and `depths`.
         input_shape: (H, W, C), static, H and W divisible by 32 (sequence reduction and the
             fixed-shape attention need a known token count).
         drop_path_rate: stochastic depth rate of the encoder's last block (paper: 0.1).
         dropout: dropout rate before the classifier (paper: 0.1).
         decoder_channels: D; None takes the paper's (256 for B0/B1, 768 for B2..B5).
+        normalization: "imagenet" ((x / 255 - mean) / std with ImageNet's RGB mean and std,
+            what published checkpoints expect) or "symmetric" (x / 127.5 - 1).
+        layer_norm_epsilon: epsilon of the blocks' LayerNorms.
+        stage_norm_epsilon: epsilon of the stages' closing LayerNorms; None: `layer_norm_epsilon`.
+        conv_norm_epsilon: epsilon of the patch-embedding and sequence-reduction LayerNorms.
+        approximate_gelu: tanh-approximated GELU in the Mix-FFNs (keras-hub's MiT); exact by default.
+        batch_norm_epsilon: epsilon of the decoder's BatchNorm.
+        widths: four custom stage widths (None: the variant's); each divisible by 1, 2, 5, 8.
+        depths: four custom block counts (None: the variant's).
         name: model name; "segformer_{variant}" by default.
 
     Returns:
@@ -68,20 +104,48 @@ class SegFormer(SegmentationModel):
         drop_path_rate=0.1,
         dropout=0.1,
         decoder_channels=None,
+        normalization="imagenet",
+        layer_norm_epsilon=1e-6,
+        stage_norm_epsilon=None,
+        conv_norm_epsilon=1e-5,
+        batch_norm_epsilon=1e-5,
+        approximate_gelu=False,
+        widths=None,
+        depths=None,
         name=None,
         **kwargs,
     ):
         check_kwargs("SegFormer", kwargs)
         input_shape = tuple(input_shape)
-        _validate(num_classes, variant, input_shape, drop_path_rate, dropout, decoder_channels)
+        _validate(num_classes, variant, input_shape, drop_path_rate, dropout, decoder_channels, normalization)
+        stage_widths_and_depths(variant, widths, depths)
+        for arg, value in (("layer_norm_epsilon", layer_norm_epsilon), ("stage_norm_epsilon", stage_norm_epsilon),
+                           ("conv_norm_epsilon", conv_norm_epsilon), ("batch_norm_epsilon", batch_norm_epsilon)):
+            if arg == "stage_norm_epsilon" and value is None:
+                continue
+            if not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"`{arg}` must be a number in (0, 1); got {value!r}.")
+        if variant is None and decoder_channels is None:
+            raise ValueError("`variant=None` (custom widths and depths) needs `decoder_channels`; got None.")
         channels = decoder_channels or MIT_CONFIGS[variant]["decoder_channels"]
         height, width = input_shape[0], input_shape[1]
 
         # === Functional graph ===
         with dtype_policy_scope(kwargs.get("dtype")):
             inputs = keras.Input(shape=input_shape, name="image")
-            x = blocks.pixel_normalization(inputs)
-            encoder = mix_transformer(input_shape, variant, drop_path_rate, name=f"mit_{variant}")
+            x = _normalize(inputs, normalization)
+            encoder = mix_transformer(
+                input_shape,
+                variant,
+                drop_path_rate,
+                name=encoder_name(variant),
+                widths=widths,
+                depths=depths,
+                layer_norm_epsilon=layer_norm_epsilon,
+                stage_norm_epsilon=stage_norm_epsilon,
+                conv_norm_epsilon=conv_norm_epsilon,
+                approximate_gelu=approximate_gelu,
+            )
             features = encoder(x)
             # All-MLP decoder: unify channels, bring every stage to stride 4, fuse, classify.
             fused = []
@@ -92,13 +156,13 @@ class SegFormer(SegmentationModel):
                 fused.append(y)
             x = layers.Concatenate(name="decode_concat")(fused[::-1])
             x = layers.Conv2D(channels, 1, use_bias=False, name="decode_fuse")(x)
-            x = layers.BatchNormalization(name="decode_fuse_bn")(x)
+            x = layers.BatchNormalization(epsilon=batch_norm_epsilon, name="decode_fuse_bn")(x)
             x = layers.Activation("relu", name="decode_fuse_relu")(x)
             if dropout:
                 x = layers.Dropout(dropout, name="decode_dropout")(x)
             x = blocks.logits_head(x, num_classes, name="decode_logits")
             outputs = layers.Resizing(height, width, interpolation="bilinear", dtype="float32", name="logits")(x)
-        super().__init__(inputs=inputs, outputs=outputs, name=name or f"segformer_{variant}", **kwargs)
+        super().__init__(inputs=inputs, outputs=outputs, name=name or f"segformer_{variant or 'custom'}", **kwargs)
 
         # === Config ===
         self.num_classes = num_classes
@@ -107,11 +171,38 @@ class SegFormer(SegmentationModel):
         self.drop_path_rate = drop_path_rate
         self.dropout = dropout
         self.decoder_channels = decoder_channels
+        self.normalization = normalization
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.stage_norm_epsilon = stage_norm_epsilon
+        self.conv_norm_epsilon = conv_norm_epsilon
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.approximate_gelu = approximate_gelu
+        self.widths = None if widths is None else tuple(widths)
+        self.depths = None if depths is None else tuple(depths)
 
     @property
     def encoder(self):
         """The Mix Transformer encoder (a nested functional model with four outputs)."""
-        return self.get_layer(f"mit_{self.variant}")
+        return self.get_layer(encoder_name(self.variant))
+
+    @classmethod
+    def from_checkpoint(cls, path, **kwargs):
+        """A SegFormer with the weights of a published checkpoint; see `kseg.weights.load_segformer`.
+
+        Args:
+            path: a Hugging Face, NVlabs/mmseg or encoder-only MiT checkpoint file.
+            **kwargs: `kseg.weights.load_segformer`'s keyword arguments (input_shape, num_classes, ...).
+
+        Returns:
+            A `SegFormer` holding the checkpoint's weights.
+        """
+        from kseg.weights.segformer import load_segformer  # kseg.weights imports this module
+
+        return load_segformer(path, **kwargs)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{**_SAVED_BEFORE_DEFAULTS, **config})
 
     def get_config(self):
         return {
@@ -121,14 +212,33 @@ class SegFormer(SegmentationModel):
             "drop_path_rate": self.drop_path_rate,
             "dropout": self.dropout,
             "decoder_channels": self.decoder_channels,
+            "normalization": self.normalization,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "stage_norm_epsilon": self.stage_norm_epsilon,
+            "conv_norm_epsilon": self.conv_norm_epsilon,
+            "batch_norm_epsilon": self.batch_norm_epsilon,
+            "approximate_gelu": self.approximate_gelu,
+            "widths": None if self.widths is None else list(self.widths),
+            "depths": None if self.depths is None else list(self.depths),
             **self.base_config(),
         }
 
 
-def _validate(num_classes, variant, input_shape, drop_path_rate, dropout, decoder_channels):
+def _normalize(image, normalization):
+    """Raw pixels [0, 255] -> the encoder's input, before the patch embedding's zero padding."""
+    if normalization == "symmetric":
+        return blocks.pixel_normalization(image)
+    mean = [255.0 * m for m in IMAGENET_MEAN]
+    variance = [(255.0 * s) ** 2 for s in IMAGENET_STD]
+    return layers.Normalization(mean=mean, variance=variance, name="normalize")(image)
+
+
+def _validate(num_classes, variant, input_shape, drop_path_rate, dropout, decoder_channels, normalization):
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"`num_classes` must be a positive int; got {num_classes!r}.")
-    check_choice("variant", variant, MIT_CONFIGS)
+    if variant is not None:
+        check_choice("variant", variant, MIT_CONFIGS)
+    check_choice("normalization", normalization, NORMALIZATIONS)
     if len(input_shape) != 3:
         raise ValueError(f"`input_shape` must be (H, W, C); got {input_shape!r}.")
     for side in input_shape[:2]:
