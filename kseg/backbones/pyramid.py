@@ -4,13 +4,16 @@
     "P{n}"    [B, H / 2^n, W / 2^n, C_n]  for n = 2..5 (strides 4, 8, 16, 32)
 
 "resnet50" and "mobilenet_v3_large"/"mobilenet_v3_small" come from `keras.applications`
-(`weights="imagenet"` loads the ImageNet weights where they can be downloaded); "mit_b0" ..
+(`weights="imagenet"` loads the ImageNet weights where they can be downloaded, or the path of
+the file keras.applications downloads: `kseg.backbones.application_weights`); "mit_b0" ..
 "mit_b5" are SegFormer's Mix Transformer encoders (`kseg.models.segformer.mit`, no pretrained
 weights in kseg); "small" is a light plain-conv network for tests and CPU training.
 """
 
 import keras
 from keras import layers
+
+from kseg.backbones.application_weights import build_application
 
 LEVELS = (2, 3, 4, 5)
 MIT_BACKBONES = tuple(f"mit_b{i}" for i in range(6))
@@ -46,7 +49,8 @@ def build_backbone(name, input_shape, weights=None, filters=(32, 64, 128, 256)):
     Args:
         name: one of BACKBONES.
         input_shape: (H, W, 3), H and W divisible by 32.
-        weights: None or "imagenet" (keras.applications backbones).
+        weights: None, "imagenet" or the path of keras.applications' ImageNet weights file
+            (`..._notop.h5`) (keras.applications backbones).
         filters: channels of the "small" backbone's four stages.
     """
     if name not in BACKBONES:
@@ -70,7 +74,8 @@ def build_backbone(name, input_shape, weights=None, filters=(32, 64, 128, 256)):
 
 def _resnet50(image, weights):
     height, width = image.shape[1], image.shape[2]
-    net = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=(height, width, 3))
+    net = build_application(keras.applications.ResNet50, weights, "backbone_weights", include_top=False,
+                            input_shape=(height, width, 3))
     extractor = keras.Model(net.input, [net.get_layer(n).output for n in _RESNET50_TAPS], name="resnet50")
     # RGB [0, 255] -> BGR minus the ImageNet means, what the weights were trained on.
     x = ReverseChannels(name="rgb_to_bgr")(image)
@@ -89,7 +94,8 @@ class ReverseChannels(layers.Layer):
 def _mobilenet_v3(image, name, weights):
     height, width = image.shape[1], image.shape[2]
     factory = keras.applications.MobileNetV3Large if name == "mobilenet_v3_large" else keras.applications.MobileNetV3Small
-    net = factory(input_shape=(height, width, 3), include_top=False, weights=weights, include_preprocessing=True)
+    net = build_application(factory, weights, "backbone_weights", input_shape=(height, width, 3), include_top=False,
+                            include_preprocessing=True)
     taps = tap_strides(net, (4, 8, 16, 32), height, width)
     extractor = keras.Model(net.input, [taps[2**n] for n in LEVELS], name=name)
     return dict(zip(LEVELS, extractor(image)))

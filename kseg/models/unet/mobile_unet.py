@@ -13,6 +13,7 @@ import keras
 from keras import layers
 
 from kseg.backbones import tap_strides
+from kseg.backbones.application_weights import build_application
 from kseg.models.unet import blocks
 from kseg.models.base import SegmentationModel, check_choice, check_kwargs, dtype_policy_scope
 
@@ -25,7 +26,8 @@ class MobileUNet(SegmentationModel):
 
     The "mobilenetv3_*" encoders are `keras.applications` MobileNetV3 (Howard et al. 2019)
     without the classification top; their own preprocessing maps [0, 255] to [-1, 1], so
-    `encoder_weights="imagenet"` works as it is (weights are downloaded by Keras). The
+    `encoder_weights="imagenet"` works as it is (weights are downloaded by Keras; or give the
+    path of the `..._no_top_v2.h5` file Keras downloads, `kseg.backbones.application_weights`). The
     "separable" encoder is a U-Net contracting path of depthwise-separable blocks with
     strided depthwise convs instead of pooling (Howard et al. 2017).
 
@@ -33,7 +35,8 @@ class MobileUNet(SegmentationModel):
         num_classes: K, channels of the output logits.
         input_shape: (H, W, C) with static H and W divisible by 32 (phones use fixed sizes).
         encoder: one of "mobilenetv3_small", "mobilenetv3_large", "separable".
-        encoder_weights: None or "imagenet" (MobileNetV3 encoders only).
+        encoder_weights: None, "imagenet" or the path of keras.applications' MobileNetV3
+            weights file without the top (MobileNetV3 encoders only).
         decoder_filters: channels of the decoder blocks at strides 16, 8, 4, 2.
         encoder_filters: channels of the "separable" encoder at strides 1, 2, 4, 8, 16, 32.
         name: model name.
@@ -103,12 +106,8 @@ def _mobilenet_encoder(inputs, encoder, weights):
     """Taps a keras.applications MobileNetV3 at strides 2..32: {stride: [B, H/s, W/s, C]}."""
     height, width = inputs.shape[1], inputs.shape[2]
     factory = keras.applications.MobileNetV3Small if encoder == "mobilenetv3_small" else keras.applications.MobileNetV3Large
-    backbone = factory(
-        input_shape=(height, width, 3),
-        include_top=False,
-        weights=weights,
-        include_preprocessing=True,
-    )
+    backbone = build_application(factory, weights, "encoder_weights", input_shape=(height, width, 3),
+                                 include_top=False, include_preprocessing=True)
     # The last layer at each resolution carries the richest features of that scale.
     taps = tap_strides(backbone, (2, 4, 8, 16, 32), height, width)
     extractor = keras.Model(backbone.input, [taps[s] for s in (2, 4, 8, 16, 32)], name=f"{encoder}_encoder")
@@ -141,10 +140,10 @@ def _validate(num_classes, input_shape, encoder, weights, decoder_filters, encod
         raise ValueError(f"input height and width must be divisible by 32; got input_shape={input_shape!r}.")
     if encoder != "separable" and input_shape[2] not in (1, 3):
         raise ValueError(f"MobileNetV3 encoders take 1 or 3 input channels; got input_shape={input_shape!r}.")
-    if weights not in (None, "imagenet"):
-        raise ValueError(f'`encoder_weights` must be None or "imagenet"; got {weights!r}.')
+    if weights is not None and not isinstance(weights, str):
+        raise ValueError(f'`encoder_weights` must be None, "imagenet" or a weights file path; got {weights!r}.')
     if weights is not None and encoder == "separable":
-        raise ValueError('`encoder_weights="imagenet"` needs a MobileNetV3 encoder; encoder="separable" has none.')
+        raise ValueError(f'`encoder_weights={weights!r}` needs a MobileNetV3 encoder; encoder="separable" has none.')
     if len(decoder_filters) != 4:
         raise ValueError(f"`decoder_filters` needs 4 values (strides 16, 8, 4, 2); got {decoder_filters!r}.")
     if len(encoder_filters) != 6:
