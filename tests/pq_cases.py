@@ -367,11 +367,12 @@ def write_files(case, folder):
             file_name = im.get("file_name", f"{k:06d}.png")
             ids = im[key].astype(np.uint32)
             rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
-            Image.fromarray(rgb, "RGB").save(os.path.join(folder, folder_name, file_name))
+            Image.fromarray(rgb, "RGB").save(os.path.join(folder, folder_name, file_name), compress_level=1)
             info = [dict(s) for s in im[info_key]]
             if area:
+                pixels = dict(zip(*(v.tolist() for v in np.unique(im[key], return_counts=True))))
                 for s in info:
-                    s["area"] = int((im[key] == s["id"]).sum())
+                    s["area"] = pixels.get(s["id"], 0)
             out.append({"image_id": im.get("image_id", k), "file_name": file_name, "segments_info": info})
         return out
 
@@ -390,9 +391,13 @@ def write_files(case, folder):
 
 def hotcoco_result(case, folder):
     """hotcoco's PQ of a case (written under `folder`), canonical form."""
+    return hotcoco_files(*write_files(case, folder))
+
+
+def hotcoco_files(gt_json, gt_dir, pred_json, pred_dir):
+    """hotcoco's PQ of COCO panoptic files (`write_files`), canonical form."""
     from hotcoco import panoptic
 
-    gt_json, gt_dir, pred_json, pred_dir = write_files(case, folder)
     evaluation = panoptic.PanopticEval(gt_json, pred_json, gt_folder=gt_dir, pred_folder=pred_dir)
     evaluation.evaluate()
     raw = evaluation.results()

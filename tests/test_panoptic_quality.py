@@ -327,10 +327,18 @@ def kseg_result(case):
     return pq_cases.canonical(metric.result(), case["categories"])
 
 
-def folders_result(case, folder):
-    """kseg's PQ of a case written as COCO panoptic files (`evaluate_panoptic_folders`)."""
-    result = evaluate_panoptic_folders(*pq_cases.write_files(case, folder))
-    return pq_cases.canonical(result, case["categories"])
+def folders_result(case, paths):
+    """kseg's PQ of a case written as COCO panoptic files (`pq_cases.write_files`'s paths)."""
+    return pq_cases.canonical(evaluate_panoptic_folders(*paths), case["categories"])
+
+
+def check_live(cases, folder):
+    """kseg's PQ in memory and through files equals hotcoco's on the same files, case by case."""
+    for name, case in cases.items():
+        paths = pq_cases.write_files(case, folder / name)
+        want = pq_cases.hotcoco_files(*paths)
+        assert pq_cases.differences(kseg_result(case), want) == [], name
+        assert pq_cases.differences(folders_result(case, paths), want) == [], name
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +363,8 @@ def test_adversarial_case_equals_the_reference(name):
 def test_adversarial_cases_through_files_equal_the_reference(tmp_path):
     reference = load_fixture("pq_adversarial.json")
     for name, case in ADVERSARIAL.items():
-        assert pq_cases.differences(folders_result(case, tmp_path / name), reference[name]["result"]) == [], name
+        paths = pq_cases.write_files(case, tmp_path / name)
+        assert pq_cases.differences(folders_result(case, paths), reference[name]["result"]) == [], name
 
 
 @pytest.mark.data
@@ -370,10 +379,7 @@ def test_coco_case_equals_the_reference(coco_cases, name):
 @pytest.mark.reference
 def test_adversarial_cases_equal_hotcoco_live(tmp_path):
     pytest.importorskip("hotcoco", reason="hotcoco is not installed (pip install hotcoco, or kseg[test])")
-    for name, case in ADVERSARIAL.items():
-        want = pq_cases.hotcoco_result(case, tmp_path / name)
-        assert pq_cases.differences(kseg_result(case), want) == [], name
-        assert pq_cases.differences(folders_result(case, tmp_path / name), want) == [], name
+    check_live(ADVERSARIAL, tmp_path)
 
 
 @pytest.mark.reference
@@ -381,10 +387,7 @@ def test_adversarial_cases_equal_hotcoco_live(tmp_path):
 @requires_shared_data
 def test_coco_cases_equal_hotcoco_live(coco_cases, tmp_path):
     pytest.importorskip("hotcoco", reason="hotcoco is not installed (pip install hotcoco, or kseg[test])")
-    for name, case in coco_cases.items():
-        want = pq_cases.hotcoco_result(case, tmp_path / name)
-        assert pq_cases.differences(kseg_result(case), want) == [], name
-        assert pq_cases.differences(folders_result(case, tmp_path / name), want) == [], name
+    check_live(coco_cases, tmp_path)
 
 
 @pytest.mark.data
