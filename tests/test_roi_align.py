@@ -1,5 +1,7 @@
-"""kseg.ops.roi_align: hand-computed values, a NumPy loop reference for both methods, level
-assignment, TFLite builtin export of the gather path, gradients and XLA."""
+"""kseg.ops.roi_align: hand-computed values, a NumPy loop reference of the documented
+convention (torchvision's border rule, aligned True and False) for both methods, level
+assignment, TFLite builtin export of the gather path, gradients and XLA. The comparison with
+torchvision itself is in test_roi_align_torchvision.py."""
 
 import doctest
 import math
@@ -30,20 +32,25 @@ def reference_level(box, min_level, max_level, canonical_size, canonical_level):
     return min(max(level, min_level), max_level)
 
 
-def reference_points(low, high, stride, n):
+def reference_points(low, high, stride, n, aligned=True):
     """The documented sample points, in float32 and in the documented order of operations."""
     f = np.float32
-    start = f(low) / f(stride) - f(0.5)
-    step = (f(high) - f(low)) / f(stride * n)
+    start = f(low) / f(stride) - f(0.5 if aligned else 0.0)
+    extent = (f(high) - f(low)) / f(stride)
+    if not aligned:
+        extent = max(extent, f(1))
+    step = extent / f(n)
     return [start + f(j + 0.5) * step for j in range(n)]
 
 
 def reference_bilinear(feature, y, x):
-    """feature [h, w, C] at (y, x): 0 outside [0, h-1] x [0, w-1], bilinear inside."""
+    """feature [h, w, C] at (y, x), torchvision's rule: 0 outside [-1, h] x [-1, w], else the
+    point clamped into [0, h - 1] x [0, w - 1] and read bilinearly."""
     h, w = feature.shape[:2]
     y, x = float(y), float(x)
-    if not (0 <= y <= h - 1 and 0 <= x <= w - 1):
+    if not (-1 <= y <= h and -1 <= x <= w):
         return np.zeros(feature.shape[-1])
+    y, x = min(max(y, 0.0), h - 1.0), min(max(x, 0.0), w - 1.0)
     y0, x0 = math.floor(y), math.floor(x)
     y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
     ly, lx = y - y0, x - x0
@@ -57,7 +64,7 @@ def reference_bilinear(feature, y, x):
 
 
 def reference_roi_align(features, boxes, output_size, sampling_ratio, min_level=2, max_level=5,
-                        canonical_size=224.0, canonical_level=4):
+                        canonical_size=224.0, canonical_level=4, aligned=True):
     """ROI Align by loops over images, boxes, bins and sample points."""
     batch, num_boxes = boxes.shape[:2]
     channels = features[f"P{min_level}"].shape[-1]
@@ -70,8 +77,8 @@ def reference_roi_align(features, boxes, output_size, sampling_ratio, min_level=
                 boxes[b, k], min_level, max_level, canonical_size, canonical_level
             )
             feature = features[f"P{level}"][b]
-            ys = reference_points(y1, y2, 2**level, n)
-            xs = reference_points(x1, x2, 2**level, n)
+            ys = reference_points(y1, y2, 2**level, n, aligned)
+            xs = reference_points(x1, x2, 2**level, n, aligned)
             for by in range(output_size):
                 for bx in range(output_size):
                     total = 0.0
@@ -134,18 +141,37 @@ def test_hand_computed_4x4(method):
     #   the mean of a linear f over a bin's points is f at their mean: the same values.
     np.testing.assert_allclose(sampling_1[0], [[3.5, 4.5], [9.5, 10.5]], atol=1e-6)
     np.testing.assert_allclose(sampling_2[0], [[3.5, 4.5], [9.5, 10.5]], atol=1e-6)
+    # Points are read when -1 <= y <= 4 and -1 <= x <= 4, clamped into [0, 3] (torchvision).
     # B, sampling 1: bins of 2 x 2, centres y, x in {2.5, 4.5}. (2.5, 2.5) reads
-    #   4 * 2.5 + 2.5 = 12.5; every point with 4.5 > 3 lies outside the map and reads 0.
+    #   4 * 2.5 + 2.5 = 12.5; every point with 4.5 > 4 lies outside and reads 0.
     np.testing.assert_allclose(sampling_1[1], [[12.5, 0.0], [0.0, 0.0]], atol=1e-6)
-    # B, sampling 2: points y, x in {2, 3 | 4, 5}. Bin (0, 0) reads the pixels (2..3, 2..3) =
-    #   10, 11, 14, 15, mean 12.5 (3 = size - 1 is inside); the other bins read 0.
-    np.testing.assert_allclose(sampling_2[1], [[12.5, 0.0], [0.0, 0.0]], atol=1e-6)
-    # C, sampling 1: centres y in {-1, 0}, x in {1, 2}: row -1 reads 0, row 0 reads x.
-    np.testing.assert_allclose(sampling_1[2], [[0.0, 0.0], [1.0, 2.0]], atol=1e-6)
+    # B, sampling 2: points y, x in {2, 3 | 4, 5}; 4 reads row/column 3, 5 reads 0. Bin (0, 0)
+    #   reads pixels 10, 11, 14, 15: 12.5. Bin (0, 1): x = 4 at y = 2, 3 reads 11 and 15, the
+    #   x = 5 points 0: 26 / 4 = 6.5. Bin (1, 0): y = 4 reads row 3: (14 + 15) / 4 = 7.25.
+    #   Bin (1, 1): only (4, 4) is read, pixel (3, 3): 15 / 4 = 3.75.
+    np.testing.assert_allclose(sampling_2[1], [[12.5, 6.5], [7.25, 3.75]], atol=1e-6)
+    # C, sampling 1: centres y in {-1, 0}, x in {1, 2}: row -1 is in the band and reads row 0.
+    np.testing.assert_allclose(sampling_1[2], [[1.0, 2.0], [1.0, 2.0]], atol=1e-6)
     # C, sampling 2: points y in {-1.25, -0.75 | -0.25, 0.25}, x in {0.75, 1.25 | 1.75, 2.25}.
-    #   Only y = 0.25 is inside: bin (1, 0) = (f(0.25, 0.75) + f(0.25, 1.25)) / 4
-    #   = (1.75 + 2.25) / 4 = 1.0, bin (1, 1) = (f(0.25, 1.75) + f(0.25, 2.25)) / 4 = 1.5.
-    np.testing.assert_allclose(sampling_2[2], [[0.0, 0.0], [1.0, 1.5]], atol=1e-6)
+    #   y = -1.25 reads 0, -0.75 and -0.25 read row 0 (f = x), 0.25 reads 1 + x. Bin (0, 0):
+    #   (0.75 + 1.25) / 4 = 0.5, (0, 1): (1.75 + 2.25) / 4 = 1.0, (1, 0): (0.75 + 1.25 + 1.75
+    #   + 2.25) / 4 = 1.5, (1, 1): (1.75 + 2.25 + 2.75 + 3.25) / 4 = 2.5.
+    np.testing.assert_allclose(sampling_2[2], [[0.5, 1.0], [1.5, 2.5]], atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hand_computed_4x4_not_aligned(method):
+    # aligned=False: image coordinate c maps to c / 4, and each side is at least 1 pixel.
+    feature = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    boxes = np.array([[[2.0, 2.0, 14.0, 10.0], [4.0, 4.0, 5.0, 5.0], [8.0, -6.0, 16.0, 2.0]]], np.float32)
+    out = roi_align({"P2": feature}, boxes, image_size=(16, 16), output_size=2, sampling_ratio=1,
+                    aligned=False, min_level=2, max_level=2, method=method).numpy()[0, ..., 0]
+    # A: y from 0.5 over 3 -> centres 1.25, 2.75; x from 0.5 over 2 -> 1, 2: f = 4y + x.
+    np.testing.assert_allclose(out[0], [[6.0, 7.0], [12.0, 13.0]], atol=1e-6)
+    # B: a 1 x 1 image box is 0.25 level pixels, widened to 1: from 1, centres 1.25, 1.75.
+    np.testing.assert_allclose(out[1], [[6.25, 6.75], [8.25, 8.75]], atol=1e-6)
+    # C: y from 2 over 2 -> 2.5, 3.5 (clamped to 3); x from -1.5 over 2 -> -1 (column 0), 0.
+    np.testing.assert_allclose(out[2], [[10.0, 10.0], [12.0, 12.0]], atol=1e-6)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -205,8 +231,9 @@ def test_assign_levels_matches_log_formula(sizes, canonical_size):
 # --- Both methods against the reference -----------------------------------------------------
 
 
+@pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("output_size, sampling_ratio", [(7, 2), (1, 1), (3, 1), (2, 3)])
-def test_methods_match_reference_on_random_boxes(output_size, sampling_ratio):
+def test_methods_match_reference_on_random_boxes(output_size, sampling_ratio, aligned):
     image_size = (96, 128)
     features = random_features(image_size, batch=2, channels=4, seed=1)
     rng = np.random.default_rng(3)
@@ -217,9 +244,9 @@ def test_methods_match_reference_on_random_boxes(output_size, sampling_ratio):
     boxes[0, -1] = 0  # padding
     boxes[1, -1] = [0, 0, 96, 128]  # the whole image
     kwargs = dict(image_size=image_size, output_size=output_size, sampling_ratio=sampling_ratio,
-                  canonical_size=28.0)  # spreads these boxes over P2..P5
+                  aligned=aligned, canonical_size=28.0)  # spreads these boxes over P2..P5
     expected = reference_roi_align(
-        features, boxes, output_size, sampling_ratio, canonical_size=28.0
+        features, boxes, output_size, sampling_ratio, canonical_size=28.0, aligned=aligned
     )
     assert len(set(assign_levels(boxes, canonical_size=28.0).numpy().ravel())) == 4
     for method, out in both_methods(features, boxes, **kwargs).items():
@@ -260,32 +287,20 @@ def scenes(draw):
     scene=scenes(),
     shape=st.sampled_from([(2, 2), (3, 1), (1, 2), (2, 1)]),
     canonical_size=st.sampled_from([224.0, 16.0, 8.0]),
+    aligned=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_methods_match_reference_on_edge_case_boxes(scene, shape, canonical_size, seed):
+def test_methods_match_reference_on_edge_case_boxes(scene, shape, canonical_size, aligned, seed):
     image_size, boxes = scene
     output_size, sampling_ratio = shape
     features = random_features(image_size, batch=1, channels=2, seed=seed)
     expected = reference_roi_align(
-        features, boxes, output_size, sampling_ratio, canonical_size=canonical_size
+        features, boxes, output_size, sampling_ratio, canonical_size=canonical_size, aligned=aligned
     )
     outputs = both_methods(features, boxes, image_size=image_size, output_size=output_size,
-                           sampling_ratio=sampling_ratio, canonical_size=canonical_size)
+                           sampling_ratio=sampling_ratio, canonical_size=canonical_size, aligned=aligned)
     for method, out in outputs.items():
         np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5, err_msg=method)
-
-
-def test_arguments_are_validated():
-    features = random_features((64, 64), batch=1, channels=2)
-    boxes = np.zeros((1, 3, 4), np.float32)
-    with pytest.raises(ValueError, match="method"):
-        roi_align(features, boxes, image_size=(64, 64), method="bilinear")
-    with pytest.raises(ValueError, match=r"features\['P2'\] must be \[B, 16, 32, C\]"):
-        roi_align(features, boxes, image_size=(64, 64 + 64))
-    with pytest.raises(ValueError, match="needs key 'P5'"):
-        roi_align({k: v for k, v in features.items() if k != "P5"}, boxes, image_size=(64, 64))
-    with pytest.raises(ValueError, match="boxes must be"):
-        roi_align(features, boxes[0], image_size=(64, 64))
 
 
 # --- Export, gradients, XLA -----------------------------------------------------------------
@@ -293,23 +308,26 @@ def test_arguments_are_validated():
 
 class _ROIAlignGather(keras.layers.Layer):
     def __init__(self, image_size, **kwargs):
+        self.options = {k: kwargs.pop(k) for k in ("aligned", "sampling_ratio", "max_sampling_ratio")}
         super().__init__(**kwargs)
         self.image_size = image_size
 
     def call(self, inputs):
         *levels, boxes = inputs
         features = {f"P{l}": f for l, f in zip(range(2, 6), levels)}
-        return roi_align(features, boxes, image_size=self.image_size, method="gather")
+        return roi_align(features, boxes, image_size=self.image_size, method="gather", **self.options)
 
 
-def test_gather_method_converts_to_tflite_builtins():
+@pytest.mark.parametrize("aligned, sampling_ratio, max_sampling_ratio", [(True, 2, None), (False, -1, 3)])
+def test_gather_method_converts_to_tflite_builtins(aligned, sampling_ratio, max_sampling_ratio):
     from ai_edge_litert.interpreter import Interpreter
 
     image_size, num_boxes, channels = (64, 96), 20, 8
+    options = dict(aligned=aligned, sampling_ratio=sampling_ratio, max_sampling_ratio=max_sampling_ratio)
     features = random_features(image_size, batch=1, channels=channels, seed=4)
     inputs = [keras.Input(f.shape[1:], batch_size=1, name=k) for k, f in features.items()]
     inputs.append(keras.Input((num_boxes, 4), batch_size=1, name="boxes"))
-    model = keras.Model(inputs, _ROIAlignGather(image_size)(inputs))
+    model = keras.Model(inputs, _ROIAlignGather(image_size, **options)(inputs))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # fails on Flex ops
     content = converter.convert()
@@ -320,7 +338,7 @@ def test_gather_method_converts_to_tflite_builtins():
     boxes = boxes.astype(np.float32)
     boxes[0, 0] = 0
     values = [*features.values(), boxes]
-    expected = roi_align(features, boxes, image_size=image_size, method="crop_and_resize").numpy()
+    expected = roi_align(features, boxes, image_size=image_size, method="crop_and_resize", **options).numpy()
     interpreter = Interpreter(model_content=content)
     interpreter.allocate_tensors()
     for detail in interpreter.get_input_details():
