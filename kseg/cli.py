@@ -110,6 +110,10 @@ def build_parser():
     model = t.add_argument_group("model")
     model.add_argument("--model", default="unet", help="unet, attention_unet, residual_unet, dense_unet, mobile_unet, "
                                                        "segformer_b0..b5 (--task panoptic: panoptic_fpn, maskformer)")
+    model.add_argument("--init", metavar="MODEL.keras",
+                       help="fine-tune: start from this model's architecture and weights (kseg train or kseg convert "
+                            "wrote it); the run's classes and size replace its own, a classifier of another class "
+                            "count is left initialised")
     model.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
                        metavar="KEY=VALUE", help="model constructor argument, e.g. --set filters=32 (repeatable)")
     fit = t.add_argument_group("training")
@@ -199,6 +203,22 @@ def build_parser():
                    help="override a parity tolerance, e.g. int8:min_agreement=0.97 (keys: max_abs_error, min_agreement)")
     x.add_argument("--quiet", action="store_true")
 
+    c = sub.add_parser("convert", help="a published checkpoint (Hugging Face / NVlabs SegFormer, torchvision Mask "
+                                       "R-CNN, keras-hub preset) -> a kseg .keras model",
+                       description="Converts a checkpoint into a kseg .keras model, which kseg train --init fine-tunes "
+                                   "and kseg export --model exports. The kind is told from the files and tensor names.")
+    c.add_argument("source", help="checkpoint file (.safetensors, .pth, .bin, .npz) or folder (Hugging Face model, "
+                                  "keras-hub preset)")
+    c.add_argument("--output", required=True, help="the .keras file to write")
+    c.add_argument("--kind", choices=("segformer", "mask_rcnn_torchvision", "keras_hub_segformer"),
+                   help="the checkpoint's kind (default: told from the source)")
+    c.add_argument("--image-size", type=_size, help="H or HxW the model takes (default 512)")
+    c.add_argument("--num-classes", type=int, help="classes of the model (default: the checkpoint's)")
+    c.add_argument("--reset-classifier", action="store_true",
+                   help="SegFormer: leave the classifier initialised (with --num-classes unlike the checkpoint's)")
+    c.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                   help="more constructor arguments of the kseg model, e.g. --set decoder_channels=256 (repeatable)")
+
     la = sub.add_parser("launch", help="train on N local workers with MultiWorkerMirroredStrategy (TF_CONFIG set "
                                        "per worker), e.g. kseg launch -n 2 -- train --task instance",
                         description=launch_doc())
@@ -279,7 +299,8 @@ def cmd_train(args):
         class_names=args.class_names.split(",") if args.class_names else None, split_seed=args.seed,
     )
     result = train(
-        spec, args.output, model=args.model, model_kwargs=dict(args.settings), epochs=args.epochs,
+        spec, args.output, model=None if args.init and args.model == "unet" else args.model, init=args.init,
+        model_kwargs=dict(args.settings), epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, learning_rate=args.lr,
         schedule=args.schedule, loss=args.loss, class_weights=args.class_weights, augment=not args.no_augment,
         time_budget=args.time_budget, seed=args.seed, verbose=0 if args.quiet else 1, **_distribution_settings(args),
@@ -313,11 +334,11 @@ def cmd_train_instance(args):
     spec = InstanceDataSpec(
         source=source, image_size=args.image_size,
         max_instances=32 if args.max_instances is None else args.max_instances,
-        yolo_data=args.yolo_data,
         shapes=(DEFAULT_SHAPES if args.shapes is None else args.shapes) if source == "shapes" else None,
         coco_json=args.coco_json, images=args.images, label_maps=args.label_maps, val_coco_json=args.val_coco_json,
         val_images=args.val_images, val_label_maps=args.val_label_maps, val_fraction=args.val_fraction,
         split_seed=args.seed, class_names=args.class_names.split(",") if args.class_names else None,
+        yolo_data=args.yolo_data,
     )
     result = train_instances(spec, args.output, **_detection_settings(args))
     _report_run(args, result, format_ap_table)
@@ -325,7 +346,7 @@ def cmd_train_instance(args):
 
 def _detection_settings(args):
     """The training arguments `train_instances` and `train_panoptic` share, from the command line."""
-    return dict(model_config=args.model_config or "small", model_kwargs=dict(args.settings), epochs=args.epochs,
+    return dict(model_config=args.model_config, init=args.init, model_kwargs=dict(args.settings), epochs=args.epochs,
                 steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, learning_rate=args.lr,
                 schedule=args.schedule, augment=not args.no_augment, time_budget=args.time_budget, seed=args.seed,
                 verbose=0 if args.quiet else 1, **_distribution_settings(args))
@@ -583,6 +604,18 @@ def cmd_export(args):
     return 0 if report["passed"] else 1
 
 
+def cmd_convert(args):
+    from kseg.weights.convert import convert
+
+    result = convert(args.source, args.output, kind=args.kind, image_size=args.image_size,
+                     num_classes=args.num_classes, reset_classifier=args.reset_classifier, **dict(args.settings))
+    report = result["report"] or {}
+    left = report.get("left_initialised") or report.get("initialised") or []
+    print(f"{result['output']}: a {result['model']} ({result['num_classes']} classes, "
+          f"{'x'.join(map(str, result['image_size']))}) from the {result['kind']} checkpoint {args.source}"
+          + (f"; left initialised: {', '.join(map(str, left[:8]))}" if left else ""))
+
+
 def launch_doc():
     from kseg import launch
 
@@ -609,7 +642,7 @@ def cmd_demo_video(args):
 
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
-    "export": cmd_export, "bench": cmd_bench, "demo-video": cmd_demo_video, "launch": cmd_launch,
+    "export": cmd_export, "convert": cmd_convert, "bench": cmd_bench, "demo-video": cmd_demo_video, "launch": cmd_launch,
 }
 
 

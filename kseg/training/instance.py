@@ -41,12 +41,13 @@ from pycocotools import mask as mask_utils
 from kseg import data as kdata
 from kseg import viz
 from kseg.data.instances import instance_dataset, read_coco_instances, read_instance_label_map
-from kseg.data.yolo import read_yolo_data, read_yolo_yaml
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
+from kseg.data.yolo import read_yolo_data, read_yolo_yaml
 from kseg.metrics.coco import STAT_NAMES, InstanceAP
 from kseg.models.base import dtype_policy_scope
 from kseg.models.mask_rcnn import LOSSES, SMALL_CONFIG, MaskRCNN
 from kseg.training import callbacks as kcallbacks
+from kseg.training.finetune import config_expectation, init_model, task_families
 from kseg.training.loop import distribution_record, fit_run, start_run, training_input
 from kseg.training.trainer import build_schedule
 from kseg.utils import progress, write_json
@@ -424,15 +425,16 @@ def save_instance_curves(path, history, title="mask_rcnn", losses=LOSSES, score_
 # ---------------------------------------------------------------------------------- training
 
 
-def train_instances(spec, output_dir, model_config="small", model_kwargs=None, epochs=50, steps_per_epoch=None,
+def train_instances(spec, output_dir, model_config=None, model_kwargs=None, epochs=50, steps_per_epoch=None,
                     batch_size=4, learning_rate=1e-3, schedule="cosine", augment=True, time_budget=None, seed=0,
-                    verbose=1, **distribution):
+                    verbose=1, init=None, **distribution):
     """Trains Mask R-CNN and writes a run folder (module docstring).
 
     Args:
         spec: an `InstanceDataSpec`.
         output_dir: the run folder (created; rerunning the same command resumes a killed run).
-        model_config: a `MODEL_CONFIGS` name; `model_kwargs` override its MaskRCNN arguments.
+        model_config: a `MODEL_CONFIGS` name (None: "small", or with `init` the file's model);
+            `model_kwargs` override its MaskRCNN arguments.
         epochs, steps_per_epoch: length of training; steps default to one pass over the data.
         batch_size: images per step: the global batch, split over the strategy's replicas.
         learning_rate, schedule: peak rate of Adam (gradients clipped at norm 10) and its
@@ -440,6 +442,7 @@ def train_instances(spec, output_dir, model_config="small", model_kwargs=None, e
         augment: random horizontal flips.
         time_budget: stop after the epoch that ends past this many seconds of training.
         seed: seeds Keras/TF/NumPy and the data order.
+        init: a .keras MaskRCNN to fine-tune (`kseg.training.finetune.init_model`).
         **distribution: strategy, cpu_replicas, mixed_precision, jit_compile and
             lr_reference_batch, as `kseg.training.train`.
 
@@ -449,7 +452,7 @@ def train_instances(spec, output_dir, model_config="small", model_kwargs=None, e
     return train_detection(INSTANCE_TASK, spec, output_dir, model_config=model_config, model_kwargs=model_kwargs,
                            epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, schedule=schedule, augment=augment, time_budget=time_budget,
-                           seed=seed, verbose=verbose, **distribution)
+                           seed=seed, verbose=verbose, init=init, **distribution)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -485,11 +488,15 @@ class DetectionTask:
     semantic: bool = False
 
 
-def train_detection(task, spec, output_dir, model_config="small", model_kwargs=None, epochs=50, steps_per_epoch=None,
+def train_detection(task, spec, output_dir, model_config=None, model_kwargs=None, epochs=50, steps_per_epoch=None,
                     batch_size=4, learning_rate=1e-3, schedule="cosine", augment=True, time_budget=None, seed=0,
                     verbose=1, strategy="default", cpu_replicas=None, mixed_precision=False, jit_compile=False,
-                    lr_reference_batch=None):
-    """Trains the model of a `DetectionTask` into a run folder; the arguments as `train_instances`."""
+                    lr_reference_batch=None, init=None):
+    """Trains the model of a `DetectionTask` into a run folder; the arguments as `train_instances`.
+
+    With `init` (a .keras file) the model is the file's architecture and weights for the run's
+    categories and image size (`kseg.training.finetune.init_model`); `model_config`, when
+    given, must describe it."""
     dist, rate = start_run(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, strategy=strategy, cpu_replicas=cpu_replicas,
                            lr_reference_batch=lr_reference_batch)
@@ -505,7 +512,13 @@ def train_detection(task, spec, output_dir, model_config="small", model_kwargs=N
         batch_size, output_dir, steps_per_epoch)
     model_kwargs = dict(model_kwargs or {})
     with dtype_policy_scope("mixed_float16" if mixed_precision else None), dist.scope():
-        net = task.build(model_config, categories, spec.image_size, **model_kwargs)
+        if init is None:
+            model_config = model_config or "small"
+            net = task.build(model_config, categories, spec.image_size, **model_kwargs)
+        else:
+            expected = config_expectation(model_config, MODEL_CONFIGS, MaskRCNN) if task.name == "instance" else None
+            net, init_report = init_model(init, num_classes=len(categories), size=spec.image_size,
+                                          families=task_families(task.model_name), expected=expected, overrides=model_kwargs)
         net.compile(optimizer=keras.optimizers.Adam(build_schedule(schedule, rate, epochs * steps_per_epoch),
                                                     clipnorm=10.0), jit_compile=jit_compile)
     val = resized(val_examples, spec.image_size)
@@ -514,6 +527,7 @@ def train_detection(task, spec, output_dir, model_config="small", model_kwargs=N
         "task": task.name, "data": spec.to_json(), "categories": categories,
         "model": {"name": task.model_name, "config": model_config, "kwargs": model_kwargs, "constructor": config,
                   "params": int(net.count_params())},
+        "init": None if init is None else init_report,
         "train": {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size,
                   "schedule": schedule, "augment": augment, "seed": seed,
                   **distribution_record(dist, strategy, rate, lr_reference_batch, mixed_precision, jit_compile),
@@ -527,7 +541,7 @@ def train_detection(task, spec, output_dir, model_config="small", model_kwargs=N
     return fit_run(
         net, run, output_dir, train_ds, time_budget=time_budget, verbose=verbose, monitor=task.monitor,
         validation=TaskValidation(task, val, categories, batch_size=batch_size),
-        curves=lambda png, csv: InstanceCurvePlot(png, csv, title=f"{task.model_name} ({model_config})",
+        curves=lambda png, csv: InstanceCurvePlot(png, csv, title=f"{task.model_name} ({model_config or '--init'})",
                                                   losses=net.loss_names(), score_key=task.score_key,
                                                   score_name=task.score_name),
         evaluate=evaluate, load=lambda: task.load(output_dir),

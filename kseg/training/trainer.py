@@ -22,6 +22,7 @@ from kseg.models import build_model
 from kseg.models.base import dtype_policy_scope
 from kseg.training import callbacks as kcallbacks
 from kseg.training.evaluate import evaluate_model
+from kseg.training.finetune import init_model, model_expectation, task_families
 from kseg.training.loop import distribution_record, fit_run, start_run, training_input
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "focal")
@@ -119,7 +120,7 @@ def train_dataset(spec, pairs, batch_size, augment=True, seed=0, shard=None, ski
 def train(
     spec,
     output_dir,
-    model="unet",
+    model=None,
     model_kwargs=None,
     epochs=50,
     steps_per_epoch=None,
@@ -137,6 +138,7 @@ def train(
     time_budget=None,
     seed=0,
     verbose=1,
+    init=None,
 ):
     """Trains a model on folders of images and masks and writes a run folder (see module doc).
 
@@ -144,6 +146,7 @@ def train(
         spec: a `DataSpec`.
         output_dir: the run folder (created; rerunning into it resumes a killed run).
         model: a name of `kseg.models.MODEL_NAMES`; `model_kwargs` go to its constructor.
+            None: "unet", or with `init` the file's model.
         epochs, steps_per_epoch: length of training; steps default to one pass over the data.
         batch_size: global batch size (split over the replicas of the strategy).
         learning_rate, schedule: peak learning rate of Adam and its decay ("constant",
@@ -159,6 +162,9 @@ def train(
             linearly to `batch_size` (`kseg.training.strategy.scaled_learning_rate`).
         time_budget: stop after the epoch that ends past this many seconds of training.
         seed: seeds Keras/TF/NumPy and the data order.
+        init: a .keras file to fine-tune (`kseg.training.finetune.init_model`): its
+            architecture and weights, the run's classes and size; `model`, when given, must
+            name its architecture; `model_kwargs` override its constructor arguments.
 
     Returns:
         A dict with the history, the paths written and the validation metrics of best.keras
@@ -183,9 +189,14 @@ def train(
     model_kwargs = dict(model_kwargs or {})
     with dtype_policy_scope("mixed_float16" if mixed_precision else None):
         with dist.scope():
-            net = build_model(
-                model, num_classes=spec.num_classes, input_shape=spec.model_input_shape, **model_kwargs
-            )
+            if init is None:
+                net = build_model(
+                    model or "unet", num_classes=spec.num_classes, input_shape=spec.model_input_shape, **model_kwargs
+                )
+            else:
+                net, init_report = init_model(init, num_classes=spec.num_classes, size=spec.model_input_shape,
+                                              families=task_families("semantic"), expected=model_expectation(model),
+                                              overrides=model_kwargs)
             net.compile(
                 optimizer=keras.optimizers.Adam(build_schedule(schedule, rate, epochs * steps_per_epoch)),
                 loss=build_loss(loss, spec.num_classes, spec.ignore_class, class_weights),
@@ -197,7 +208,9 @@ def train(
             )
         run = {
             "data": spec.to_json(),
-            "model": {"name": model, "kwargs": model_kwargs, "params": int(net.count_params())},
+            "model": {"name": model or ("unet" if init is None else type(net).__name__), "kwargs": model_kwargs,
+                      "params": int(net.count_params())},
+            "init": None if init is None else init_report,
             "train": dict(
                 epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, schedule=schedule, loss=loss,
                 class_weights=class_weights, augment=augment, seed=seed,
@@ -210,7 +223,7 @@ def train(
         return fit_run(
             net, run, output_dir, train_ds, time_budget=time_budget, verbose=verbose, monitor="val_mean_iou",
             validation=kcallbacks.Validation(val_ds, spec.num_classes, spec.ignore_class, loss=net.loss),
-            curves=lambda png, csv: kcallbacks.CurvePlot(png, csv, title=model),
+            curves=lambda png, csv: kcallbacks.CurvePlot(png, csv, title=run["model"]["name"]),
             evaluate=lambda best: evaluate_model(best, val_ds, spec.num_classes, spec.ignore_class,
                                                  spec.class_names, verbose=verbose),
             load=lambda: keras.models.load_model(best_path) if os.path.exists(best_path) else net,
