@@ -646,6 +646,24 @@ COMMANDS = {
 }
 
 
+def _run_writer(args):
+    """The lock of --run while evaluate, predict or export write into it (their default outputs
+    do; `kseg.utils.run_lock`). train and demo take theirs in the library; a busy run folder
+    is refused here first, before TensorFlow loads (seconds), except by a multi-worker worker
+    (its chief checks and holds the lock)."""
+    from kseg.utils.run_lock import check_run_folder_free, lock_if_inside
+
+    if args.command == "train" and args.strategy != "multi-worker":
+        check_run_folder_free(args.output)
+    if args.command == "demo":
+        check_run_folder_free(os.path.join(args.output, "run"))
+    outputs = {"evaluate": lambda: args.output or os.path.join(args.run, "evaluation.json"),
+               "predict": lambda: args.output,
+               "export": lambda: args.output or (args.run and os.path.join(args.run, "export"))}
+    output = outputs[args.command]() if args.command in outputs else None
+    return lock_if_inside(getattr(args, "run", None), output)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -656,11 +674,16 @@ def main(argv=None):
             parser.error(f"the following arguments are required: {', '.join(missing)} (or pass --task instance "
                          "or --task panoptic)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kseg.utils.run_lock import RunFolderBusy
+
     try:
-        status = COMMANDS[args.command](args)
+        with _run_writer(args):
+            status = COMMANDS[args.command](args)
     except (ValueError, OSError) as e:
         # Bad input (or an unusable path): a one-paragraph message naming what was wrong, no traceback.
-        print(f"kseg {args.command}: error: {e}", file=sys.stderr)
+        hint = (" (Or pass --output outside the run folder: reading a run beside its training takes no lock.)"
+                if isinstance(e, RunFolderBusy) and args.command in ("evaluate", "predict", "export") else "")
+        print(f"kseg {args.command}: error: {e}{hint}", file=sys.stderr)
         return 2
     return status or 0
 

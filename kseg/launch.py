@@ -9,7 +9,8 @@ logs to `<log-dir>/worker-<i>.log`.
 The launcher supervises: when a worker fails (or is killed), it stops the others and exits
 with that worker's status; when the launcher itself is killed, even by SIGKILL, the workers
 die with it (Linux: `PR_SET_PDEATHSIG`). Rerunning the same command resumes the run from its
-backup. This module imports no TensorFlow.
+backup. A run folder another process writes is refused before any worker starts; during the
+run the chief alone holds its lock. This module imports no TensorFlow.
 """
 
 import contextlib
@@ -21,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+
+from kseg.utils.run_lock import check_run_folder_free
 
 _PR_SET_PDEATHSIG = 1
 
@@ -64,6 +67,17 @@ def worker_command(command):
     return command
 
 
+def run_folder(command):
+    """The run folder (`--output`) of a `train` command."""
+    folder = "runs/latest"  # kseg train's default
+    for i, arg in enumerate(command):
+        if arg == "--output" and i + 1 < len(command):
+            folder = command[i + 1]
+        elif arg.startswith("--output="):
+            folder = arg.split("=", 1)[1]
+    return folder
+
+
 def _die_with_parent():
     """In the child before exec: receive SIGKILL when the launcher dies (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -87,6 +101,7 @@ def launch(num_workers, command, log_dir="kseg-launch-logs", host="127.0.0.1", p
     if not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"-n {num_workers!r}: expected an int >= 1 (the number of workers)")
     command = worker_command(command)
+    check_run_folder_free(run_folder(command))  # at once, before N workers start (the chief then holds it)
     addresses = [f"{host}:{port}" for port in free_ports(num_workers, host)]
     os.makedirs(log_dir, exist_ok=True)
     workers, logs = [], []

@@ -1,5 +1,5 @@
 """Training callbacks: atomic backup and best checkpoint, resumable CSV, curve PNG, time budget,
-NaN guard."""
+NaN guard, TensorBoard logs whose failed writes name their folder."""
 
 import csv
 import glob
@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from kseg.training.strategy import any_worker
 from kseg.utils import atomic_path, atomic_write, write_json
+from kseg.utils.io import WRITE_ERRNOS, WriteError
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -91,8 +92,8 @@ class Validation(keras.callbacks.Callback):
 class CurvePlot(keras.callbacks.Callback):
     """Redraws a PNG of the training curves after every epoch from the run's history CSV.
 
-    Reading the CSV (written by `keras.callbacks.CSVLogger(append=True)`, placed before this
-    callback) keeps the whole curve when a killed run resumes from `BackupAndRestore`.
+    Reading the CSV (written by `ResumableCSVLogger`, placed before this callback) keeps the
+    whole curve when a killed run resumes from `BackupAndRestore`.
     """
 
     def __init__(self, path, csv_path, title="training"):
@@ -229,12 +230,14 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         backup_dir: the folder of the state (created).
         writer: this process writes the backup (the chief).
         save_freq: "epoch" or a number of batches, as Keras'.
+        delete_checkpoint: delete the folder when training ends; kseg's runs keep it until
+            their final files are written, so that a failure there still resumes.
     """
 
     STATE = "state.json"
 
-    def __init__(self, backup_dir, writer=True, save_freq="epoch"):
-        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=True)
+    def __init__(self, backup_dir, writer=True, save_freq="epoch", delete_checkpoint=True):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint)
         self.writer = writer
 
     @classmethod
@@ -287,28 +290,100 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_train_end(logs)
 
 
-class ResumableCSVLogger(keras.callbacks.CSVLogger):
-    """`keras.callbacks.CSVLogger(append=True)` that keeps one row per epoch across resumes.
+class ResumableCSVLogger(keras.callbacks.Callback):
+    """The per-epoch CSV log of a run (the columns of `keras.callbacks.CSVLogger`), kept whole
+    across kills, full disks and resumes.
 
-    A run killed after logging an epoch but before its backup repeats that epoch; so does a
-    row cut short by a kill. This logger first rewrites the file (atomically) without the
-    rows at or past the epoch training resumes at (the epoch `backup_dir` holds).
+    The file is rewritten atomically after every epoch, so it always holds a header and whole
+    rows (a write that fails leaves the previous version: "history up to epoch N"). A run
+    resumed from `backup_dir` first drops the rows at or past the epoch it resumes at (a run
+    stopped after logging an epoch but before backing it up repeats that epoch).
+
+    Args:
+        filename: the CSV file.
+        backup_dir: the `BackupAndRestore` folder of the run.
     """
 
     def __init__(self, filename, backup_dir):
-        super().__init__(filename, append=True)
+        super().__init__()
+        self.filename = filename
         self.backup_dir = backup_dir
+        self.header = None
+        self.rows = []
 
     def on_train_begin(self, logs=None):
         resume = BackupAndRestore.saved_epoch(self.backup_dir)
+        self.header, self.rows = None, []
         if os.path.exists(self.filename):
             with open(self.filename, newline="") as f:
                 rows = list(csv.reader(f))
-            header, body = (rows[0], rows[1:]) if rows else ([], [])
-            kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) < resume]
-            if len(kept) != len(body):
-                with atomic_write(self.filename, newline="") as f:
-                    writer = csv.writer(f)
-                    if kept:
-                        writer.writerows([header] + kept)
-        super().on_train_begin(logs)
+            if rows:
+                self.header = rows[0]
+                self.rows = [r for r in rows[1:] if len(r) == len(self.header) and r[0].isdigit()
+                             and int(r[0]) < resume]
+            if rows and len(self.rows) + 1 != len(rows):
+                self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.header is None:
+            keys = sorted(logs)
+            if not any(k.startswith("val_") for k in keys):
+                keys += [f"val_{k}" for k in keys]
+            self.header = ["epoch"] + keys
+        rows = self.rows + [[str(epoch)] + [_csv_value(logs.get(k, "NA")) for k in self.header[1:]]]
+        self._write(rows)
+        self.rows = rows  # once on disk
+
+    def _write(self, rows=None):
+        with atomic_write(self.filename, newline="") as f:
+            csv.writer(f).writerows([self.header] + (self.rows if rows is None else rows))
+
+
+def _csv_value(value):
+    """A log entry as CSVLogger writes it: scalars as they are, sequences as "[a, b]"."""
+    if isinstance(value, str) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return str(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return f"[{', '.join(map(str, value))}]"
+    return str(value)
+
+
+def errno_of(error):
+    """The errno (of `WRITE_ERRNOS`) a TensorFlow error reports in its message, else None."""
+    message = getattr(error, "message", "") or str(error)
+    return next((code for code in sorted(WRITE_ERRNOS) if os.strerror(code) in message), None)
+
+
+class TensorBoardLogs(keras.callbacks.TensorBoard):
+    """`keras.callbacks.TensorBoard` whose failed writes raise `WriteError` naming its folder.
+
+    TensorFlow's event writer reports a full disk or a read-only folder as a
+    `tf.errors.OpError` whose message holds the OS error; it becomes the `WriteError` every
+    other file of a run raises. Event files are append-only records, each checksummed:
+    TensorBoard skips a record cut short.
+
+    Args:
+        log_dir: the folder of the event files; `**kwargs` as `keras.callbacks.TensorBoard`.
+    """
+
+    def _writing(self, method, *args):
+        try:
+            return method(*args)
+        except tf.errors.OpError as err:
+            code = errno_of(err)
+            if code is None:
+                raise
+            raise WriteError(self.log_dir, code) from err
+
+    def on_train_begin(self, logs=None):
+        self._writing(super().on_train_begin, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._writing(super().on_epoch_end, epoch, logs)
+
+    def on_test_end(self, logs=None):
+        self._writing(super().on_test_end, logs)
+
+    def on_train_end(self, logs=None):
+        self._writing(super().on_train_end, logs)

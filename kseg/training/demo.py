@@ -23,7 +23,18 @@ def demo_spec():
 
 
 def run_demo(output_dir="kseg-demo", epochs=60, time_budget=150.0, verbose=1):
-    """Trains, evaluates and draws; returns {"mean_iou", "overlay", "curves", "train_seconds", ...}."""
+    """Trains, evaluates and draws; returns {"mean_iou", "overlay", "curves", "train_seconds", ...}.
+
+    Holds the lock of the run folder `output_dir`/run throughout (`kseg.utils.run_lock`): a
+    second demo into the same folder is refused at once.
+    """
+    from kseg.utils.run_lock import run_lock
+
+    with run_lock(os.path.join(output_dir, "run")):
+        return _run_demo(output_dir, epochs, time_budget, verbose)
+
+
+def _run_demo(output_dir, epochs, time_budget, verbose):
     import keras
 
     from kseg.data import apply_remap, read_image, read_mask, remap_table

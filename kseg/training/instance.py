@@ -499,7 +499,7 @@ def train_detection(task, spec, output_dir, model_config=None, model_kwargs=None
     given, must describe it."""
     dist, rate = start_run(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, strategy=strategy, cpu_replicas=cpu_replicas,
-                           lr_reference_batch=lr_reference_batch)
+                           lr_reference_batch=lr_reference_batch, output_dir=output_dir)
     train_examples, val_examples, categories = task.load_splits(spec)
     if not len(train_examples) or not len(val_examples):
         raise kdata.DataError(f"{len(train_examples)} training and {len(val_examples)} validation images, expected "

@@ -5,10 +5,19 @@ A run resumes when the same command is run again into the same folder: `BackupAn
 (kseg's atomic one) restores the weights, the optimizer and the epoch, and the input stream
 skips the batches already trained on, so the resumed run sees the data the uninterrupted run
 would have seen. Every file is written atomically (temporary name, then rename).
+
+One process writes a run folder: the chief holds its lock (`kseg.utils.run_lock`) while it
+trains, and a second writer is refused at once. A write that fails (disk full, quota,
+read-only or unwritable folder, I/O error) stops the run with a `WriteError` naming the file,
+what the folder kept and what to do; the backup stays until the final files are written, so
+the same command resumes after any of them.
 """
 
+import contextlib
+import errno
 import math
 import os
+import shutil
 import time
 
 import keras
@@ -24,6 +33,8 @@ from kseg.training.strategy import (
     synchronize_batch_norm,
 )
 from kseg.utils import atomic_path, write_json
+from kseg.utils.io import WriteError, is_write_error
+from kseg.utils.run_lock import check_run_folder_free, run_lock
 
 RUN_FILES = ("best.keras", "final.keras", "history.csv", "curves.png", "metrics.json", "run.json")
 
@@ -42,14 +53,19 @@ def resume_epoch(output_dir):
     return kcallbacks.BackupAndRestore.saved_epoch(backup_dir(output_dir))
 
 
-def start_run(*, epochs, steps_per_epoch, batch_size, learning_rate, seed, strategy, cpu_replicas, lr_reference_batch):
+def start_run(*, epochs, steps_per_epoch, batch_size, learning_rate, seed, strategy, cpu_replicas, lr_reference_batch,
+              output_dir=None):
     """What every `kseg train` task does first: checks the lengths (errors name the flag), makes
-    the strategy, checks that the global batch splits over its replicas, scales the learning
-    rate, and seeds Keras/TF/NumPy. Returns (the `tf.distribute.Strategy`, the learning rate)."""
+    the strategy, refuses a run folder another process writes (`output_dir`, checked by the
+    chief; `fit_run` holds its lock), checks that the global batch splits over its replicas,
+    scales the learning rate, and seeds Keras/TF/NumPy. Returns (the `tf.distribute.Strategy`,
+    the learning rate)."""
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--steps-per-epoch", steps_per_epoch)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} {value!r}: expected an int >= 1")
     dist = get_strategy(strategy, cpu_replicas=cpu_replicas)
+    if output_dir is not None and is_chief(dist):
+        check_run_folder_free(output_dir)  # at once, before the data is read and the model built
     check_global_batch(dist, batch_size)
     rate = scaled_learning_rate(learning_rate, batch_size, lr_reference_batch)
     keras.utils.set_random_seed(seed)
@@ -74,6 +90,45 @@ def training_input(strategy, build, batch_size, output_dir, steps_per_epoch):
     return distributed_dataset(strategy, pipeline, batch_size)
 
 
+def run_writer(output_dir, strategy):
+    """The lock a training holds on its run folder: the chief's (`run_lock`); the other
+    workers of a multi-worker run write nothing and take none."""
+    return run_lock(output_dir) if is_chief(strategy) else contextlib.nullcontext()
+
+
+FIXES = {
+    errno.ENOSPC: "free space on the file system of {folder}",
+    errno.EDQUOT: "free space or raise the disk quota of {folder}",
+    errno.EROFS: "make the file system of {folder} writable (it is read-only now)",
+    errno.EACCES: "give this user write permission in {folder}",
+    errno.EPERM: "give this user write permission in {folder}",
+    errno.EIO: "check the storage of {folder} (an I/O error: see the kernel log)",
+}
+
+
+def write_failure_advice(output_dir, code):
+    """What a run folder kept after a failed write with errno `code`, and what to do then."""
+    paths = run_paths(output_dir)
+    kept = [name for name in ("best.keras", "final.keras") if os.path.exists(paths[name])]
+    try:
+        saved = resume_epoch(output_dir)
+    except ValueError:
+        saved = 0
+    if saved:
+        kept.append(f"the backup of epoch {saved} ({backup_dir(output_dir)})")
+    try:
+        rows = len(next(iter(kcallbacks.read_history_csv(paths["history.csv"]).values()), []))
+    except (OSError, ValueError):
+        rows = 0
+    if rows:
+        kept.append(f"history.csv up to epoch {rows}")
+    resume = (f"it resumes from the backup of epoch {saved}" if saved
+              else "it starts over (no epoch was backed up yet)")
+    fix = FIXES.get(code, "fix the cause").format(folder=output_dir)
+    return (f"Kept in {output_dir}: {', '.join(kept) or 'no complete checkpoint yet'} (every file under its "
+            f"final name is complete). To go on, {fix}, then rerun the same command: {resume}.")
+
+
 def remove_partial_files(output_dir):
     """Deletes the temporary files a killed run left half-written (`.tmp-*`, never loaded: the
     final names are only ever complete files); returns their names."""
@@ -89,6 +144,8 @@ def remove_partial_files(output_dir):
 
 def fit_run(net, run, output_dir, train_ds, *, validation, monitor, curves, evaluate, load, time_budget, verbose):
     """Trains a compiled model with `fit` into a run folder, then scores its best model.
+
+    The chief holds the run folder's lock throughout (`run_writer`).
 
     Args:
         net: a compiled model (built in the strategy's scope; its BatchNormalization layers
@@ -107,7 +164,24 @@ def fit_run(net, run, output_dir, train_ds, *, validation, monitor, curves, eval
     Returns:
         {"history", "paths", "metrics", "run"}; on a worker other than the chief, which writes
         nothing, "metrics" is None.
+
+    Raises:
+        RunFolderBusy: another process writes `output_dir`.
+        WriteError: a file of the run could not be written; its message names the file, what
+            the folder kept and what to do.
     """
+    with run_writer(output_dir, net.distribute_strategy):
+        try:
+            return _fit(net, run, output_dir, train_ds, validation=validation, monitor=monitor, curves=curves,
+                        evaluate=evaluate, load=load, time_budget=time_budget, verbose=verbose)
+        except OSError as err:
+            if not is_write_error(err):
+                raise
+            raise WriteError(err.filename or output_dir, err.errno,
+                             advice=write_failure_advice(output_dir, err.errno)) from err
+
+
+def _fit(net, run, output_dir, train_ds, *, validation, monitor, curves, evaluate, load, time_budget, verbose):
     chief = is_chief(net.distribute_strategy)
     synchronize_batch_norm(net, net.distribute_strategy)
     paths = run_paths(output_dir)
@@ -126,8 +200,8 @@ def fit_run(net, run, output_dir, train_ds, *, validation, monitor, curves, eval
             best.best = float(np.nanmax(kept))
         callbacks += [validation, best, kcallbacks.ResumableCSVLogger(paths["history.csv"], backup),
                       curves(paths["curves.png"], paths["history.csv"]),
-                      keras.callbacks.TensorBoard(os.path.join(output_dir, "logs"), write_graph=False)]
-    callbacks.append(kcallbacks.BackupAndRestore(backup, writer=chief))
+                      kcallbacks.TensorBoardLogs(os.path.join(output_dir, "logs"), write_graph=False)]
+    callbacks.append(kcallbacks.BackupAndRestore(backup, writer=chief, delete_checkpoint=False))
 
     settings = run["train"]
     start = time.monotonic()
@@ -145,4 +219,5 @@ def fit_run(net, run, output_dir, train_ds, *, validation, monitor, curves, eval
                   steps_per_second=epochs_run * settings["steps_per_epoch"] / train_seconds if train_seconds > 0
                   else math.nan)
     write_json(paths["metrics.json"], report)
+    shutil.rmtree(backup, ignore_errors=True)  # only now: a failure above resumes from it
     return {"history": history.history, "paths": paths, "metrics": report, "run": run}

@@ -172,7 +172,7 @@ def train(
     """
     dist, rate = start_run(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, strategy=strategy, cpu_replicas=cpu_replicas,
-                           lr_reference_batch=lr_reference_batch)
+                           lr_reference_batch=lr_reference_batch, output_dir=output_dir)
     train_pairs, val_pairs, summaries = load_splits(spec)
     if class_weights == "median_frequency":  # from the counts the file checks already made
         counts = summaries["train"]
