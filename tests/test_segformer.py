@@ -206,7 +206,106 @@ def test_gpu_accelerator_runs_segformer_fully_and_matches_keras(b0_tflite):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=2e-3)
 
 
+def _epsilons(model):
+    """{layer group: set of epsilons} of a SegFormer."""
+    found = {"block": set(), "stage": set(), "conv": set()}
+    for layer in model.encoder.layers:
+        if isinstance(layer, MixTransformerBlock):
+            found["block"] |= {layer.norm1.epsilon, layer.norm2.epsilon}
+            if layer.reduction_ratio > 1:
+                found["conv"].add(layer.attention.reduce_norm.epsilon)
+        elif layer.name.endswith("_patch_embed"):
+            found["conv"].add(layer.norm.epsilon)
+        elif layer.name.endswith("_norm"):
+            found["stage"].add(layer.epsilon)
+    return found
+
+
+NEW_KEYS = ("normalization", "layer_norm_epsilon", "stage_norm_epsilon", "conv_norm_epsilon", "batch_norm_epsilon",
+            "approximate_gelu", "widths", "depths")
+
+
+def test_defaults_are_nvlabs_and_configs_saved_before_rebuild_as_they_were(b0):
+    """New models: ImageNet normalization, LayerNorm 1e-6 (blocks, stage norms) / 1e-5 (after strided
+    convs), BatchNorm 1e-5. A config without the keys these arguments added: what kseg built then."""
+    assert isinstance(b0.get_layer("normalize"), keras.layers.Normalization)
+    assert _epsilons(b0) == {"block": {1e-6}, "stage": {1e-6}, "conv": {1e-5}}
+    assert b0.get_layer("decode_fuse_bn").epsilon == 1e-5
+    old_config = {k: v for k, v in b0.get_config().items() if k not in NEW_KEYS}
+    old = SegFormer.from_config(old_config)
+    assert isinstance(old.get_layer("normalize"), keras.layers.Rescaling)
+    assert _epsilons(old) == {"block": {1e-6}, "stage": {1e-6}, "conv": {1e-6}}
+    assert old.get_layer("decode_fuse_bn").epsilon == 1e-3
+    assert (old.normalization, old.batch_norm_epsilon, old.approximate_gelu) == ("symmetric", 1e-3, False)
+
+
+def test_imagenet_normalization_is_the_checkpoints(b0):
+    image = testing.random_images((1, SIZE, SIZE, 3), seed=6)
+    normalized = keras.Model(b0.input, b0.get_layer("normalize").output)(image).numpy()
+    expected = (image / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(normalized, expected, rtol=0, atol=1e-5)
+
+
+def _strip_new_keys(path):
+    """Rewrites a .keras file's config as kseg wrote it before the new SegFormer arguments existed."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    for key in NEW_KEYS:
+        config["config"].pop(key)
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+
+
+def test_a_keras_file_saved_before_reloads_computing_as_before(tmp_path):
+    """Checked by hand too: a B0 saved by the code before this change (git archive of its commit)
+    reloads with identical outputs."""
+    keras.utils.set_random_seed(3)
+    model = SegFormer(num_classes=3, input_shape=(SIZE, SIZE, 3), normalization="symmetric", layer_norm_epsilon=1e-6,
+                      conv_norm_epsilon=1e-6, batch_norm_epsilon=1e-3)
+    bn = model.get_layer("decode_fuse_bn")
+    bn.moving_variance.assign(np.linspace(1e-4, 1e-2, bn.moving_variance.shape[0]).astype("float32"))
+    path = tmp_path / "old.keras"
+    model.save(path)
+    _strip_new_keys(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    assert {k: restored.get_config()[k] for k in NEW_KEYS[:5]} == {
+        "normalization": "symmetric", "layer_norm_epsilon": 1e-6, "stage_norm_epsilon": None,
+        "conv_norm_epsilon": 1e-6, "batch_norm_epsilon": 1e-3}
+    images = testing.random_images((2, SIZE, SIZE, 3), seed=7)
+    expected = model.predict(images, verbose=0)
+    np.testing.assert_array_equal(restored.predict(images, verbose=0), expected)
+    today = SegFormer(num_classes=3, input_shape=(SIZE, SIZE, 3))  # today's defaults compute otherwise
+    today.set_weights(model.get_weights())
+    assert np.abs(today.predict(images, verbose=0) - expected).max() > 1e-2 * np.abs(expected).max()
+
+
+def test_custom_widths_and_depths_round_trip():
+    model = SegFormer(num_classes=2, variant=None, widths=(8, 16, 20, 32), depths=(1, 2, 1, 1), decoder_channels=16,
+                      input_shape=(SIZE, SIZE, 3), approximate_gelu=True)
+    testing.check_config_round_trip(model)
+    assert [tuple(o.shape) for o in model.encoder.outputs] == [
+        (None, 16, 16, 8), (None, 8, 8, 16), (None, 4, 4, 20), (None, 2, 2, 32)]
+    assert model.encoder.get_layer("stage2_block2").ffn.approximate_gelu is True
+
+
 def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="`normalization` must be one of.*'bgr'"):
+        SegFormer(num_classes=2, input_shape=(64, 64, 3), normalization="bgr")
+    with pytest.raises(ValueError, match="`conv_norm_epsilon` must be a number in \\(0, 1\\); got 0"):
+        SegFormer(num_classes=2, input_shape=(64, 64, 3), conv_norm_epsilon=0)
+    with pytest.raises(ValueError, match="`variant=None` needs both `widths` and `depths`"):
+        SegFormer(num_classes=2, variant=None, input_shape=(64, 64, 3), decoder_channels=8)
+    with pytest.raises(ValueError, match="`widths` must be four positive ints divisible by the heads"):
+        SegFormer(num_classes=2, variant=None, widths=(8, 16, 24, 32), depths=(1, 1, 1, 1), decoder_channels=8,
+                  input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="needs `decoder_channels`"):
+        SegFormer(num_classes=2, variant=None, widths=(8, 16, 20, 32), depths=(1, 1, 1, 1), input_shape=(64, 64, 3))
     with pytest.raises(ValueError, match="divisible by 32"):
         SegFormer(num_classes=2, input_shape=(100, 100, 3))
     with pytest.raises(ValueError, match="divisible by 32"):

@@ -266,3 +266,12 @@ def test_keras_hub_segformer_and_mit_move_over():
     for stage, level in zip(stages, ("P1", "P2", "P3", "P4")):
         want = keras.Model(mit.input, mit.pyramid_outputs[level]).predict(normalized, verbose=0)
         assert relative_error(stage, want) <= TOLERANCE, level
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import kseg.weights.reading as reading
+
+    result = doctest.testmod(reading)
+    assert result.attempted > 0 and result.failed == 0
