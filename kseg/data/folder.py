@@ -202,7 +202,9 @@ def _is_int(value):
 def validate_pairs(pairs, num_classes, ignore_class=None, remap=None, channels=None):
     """Reads every pair with Pillow and checks it can be trained on; returns a summary.
 
-    Checks: both files decode (truncated/corrupt files are named); image mode is grey, RGB,
+    Checks: both files decode (truncated/corrupt files are named), images also with the
+    TensorFlow decoder `folder_dataset` uses (it refuses some files Pillow reads: TIFF,
+    corrupt PNG chunks); image mode is grey, RGB,
     palette (+ alpha) and converts to `channels`; the mask has one id per pixel; image and
     mask sizes agree; after `remap` every mask value is in [0, num_classes) or is
     `ignore_class`. All pairs are checked; one DataError then lists the first problems.
@@ -244,6 +246,10 @@ def validate_pairs(pairs, num_classes, ignore_class=None, remap=None, channels=N
                 raise DataError(f"{image_path}: image mode {image.mode} ({len(image.getbands())} channels), "
                                 f"expected grey, RGB or palette, +alpha (modes {', '.join(IMAGE_MODES)}) "
                                 f"to read with channels={channels or '1 or 3'}")
+            decoded = read_image(image_path, channels or 3)  # the decoder folder_dataset uses (Pillow is laxer)
+            if decoded.shape[:2] != (image.height, image.width):
+                raise DataError(f"{image_path}: TensorFlow decodes it as {decoded.shape[0]}x{decoded.shape[1]} (HxW) "
+                                f"and Pillow as {image.height}x{image.width}, expected one size")
             mask, mask_mode = _read_mask(os.fspath(mask_path))
             mask = apply_remap(mask, table)
             if mask.shape != (image.height, image.width):

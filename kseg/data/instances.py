@@ -33,6 +33,7 @@ import tensorflow as tf
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from kseg.data.coco_rle import clip_far_polygon, compressed_rle_total
 from kseg.data.errors import DataError
 from kseg.data.folder import _is_int, _open, read_mask, resize_image
 from kseg.data.sharding import check_shard, select_elements
@@ -72,12 +73,12 @@ def read_coco_instances(json_path, image_dir, *, category_names=None, include_cr
     or string, file_name a non-empty string, height and width ints >= 1), that its file
     exists and that the file's size is the JSON's; every annotation's image_id, category_id
     and iscrowd (0 or 1, 0 when absent); polygons (an even count of >= 6 finite
-    coordinates); bboxes (4 finite numbers); RLE sizes (must be the image's) and
-    uncompressed RLE counts (must sum to H * W). Compressed RLE strings are passed to
-    pycocotools as they are.
+    coordinates); bboxes (4 finite numbers); RLE sizes (must be the image's) and RLE counts,
+    uncompressed or compressed (non-negative runs summing to H * W).
 
     Polygons may reach outside the image: pycocotools rasterizes the part inside (a polygon
-    wholly outside, or one too thin to cover a pixel centre, gives an empty mask).
+    wholly outside, or one too thin to cover a pixel centre, gives an empty mask). Polygons
+    reaching more than 8 image sizes outside are first clipped to that distance.
 
     Masks come from `segmentation` (polygons, or RLE compressed or not) through
     pycocotools.mask; boxes are the masks' tight boxes. An annotation whose mask is empty
@@ -114,7 +115,7 @@ def read_coco_instances(json_path, image_dir, *, category_names=None, include_cr
     try:
         with open(json_path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested deeper than Python's stack
         raise DataError(f"{json_path}: cannot read the COCO JSON: {type(err).__name__}: {err}") from None
     fields = ("images", "annotations", "categories")
     missing = [k for k in fields if not isinstance(data, dict) or not isinstance(data.get(k), list)]
@@ -204,8 +205,13 @@ class CocoInstances(collections.abc.Sequence):
 def _coco_categories(json_path, records, names):
     """Returns (categories, {coco_id: class id or None when left out})."""
     for i, cat in enumerate(records):
-        if not (isinstance(cat, dict) and "id" in cat and isinstance(cat.get("name"), str)):
-            raise DataError(f"{json_path}: categories[{i}] is {str(cat)[:80]!r}, expected a dict with 'id' and 'name'")
+        if not (isinstance(cat, dict) and _is_int(cat.get("id")) and isinstance(cat.get("name"), str)):
+            raise DataError(f"{json_path}: categories[{i}] is {str(cat)[:80]!r}, expected a dict with 'id' and 'name' "
+                            "(an int and a string)")
+    ids = [cat["id"] for cat in records]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{json_path}: category ids {_some(sorted({i for i in ids if ids.count(i) > 1}))} repeated, "
+                        "expected unique ids")
     by_name = {cat["name"]: cat["id"] for cat in records}
     if names is None:
         chosen = [cat["id"] for cat in sorted(records, key=lambda c: c["id"])]
@@ -273,7 +279,11 @@ def _annotation_rle(where, segmentation, h, w):
                 seen = f"{len(poly)} coordinates" if isinstance(poly, (list, tuple)) else type(poly).__name__
                 raise DataError(f"{where}: polygon {k} has {seen} ({str(poly)[:60]}), expected an even number >= 6 "
                                 "of finite numbers (x, y pairs of at least 3 points)")
-            polygons.append([float(v) for v in poly])
+            clipped = clip_far_polygon([float(v) for v in poly], h, w)
+            if len(clipped) >= 6:
+                polygons.append(clipped)
+        if not polygons:  # every polygon lay far outside the image
+            return None
         return mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
     if not (isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation):
         raise DataError(f"{where}: segmentation is {str(segmentation)[:60]!r}, expected a list of polygons or an RLE "
@@ -287,8 +297,13 @@ def _annotation_rle(where, segmentation, h, w):
             raise DataError(f"{where}: uncompressed RLE counts sum to {sum(c for c in counts if _is_int(c))}, "
                             f"expected non-negative ints summing to H * W = {h * w}")
         return mask_utils.frPyObjects(segmentation, h, w)
-    if isinstance(counts, (str, bytes)):
-        return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    if isinstance(counts, str):
+        total = compressed_rle_total(counts)
+        if total != h * w:
+            seen = "not a compressed RLE string" if total is None else f"a compressed RLE of {total} pixels"
+            raise DataError(f"{where}: RLE counts {counts[:40]!r} is {seen}, expected one of H * W = {h * w} pixels "
+                            "(COCO's compressed RLE: characters '0'..'o', non-negative run lengths)")
+        return {"size": [h, w], "counts": counts.encode("ascii")}
     raise DataError(f"{where}: RLE counts has type {type(counts).__name__}, expected a list (uncompressed) or a "
                     "string (compressed)")
 

@@ -138,7 +138,7 @@ def read_coco_panoptic(json_path, png_dir, image_dir=None):
     try:
         with open(json_path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested deeper than Python's stack
         raise DataError(f"{json_path}: cannot read the COCO panoptic JSON: {type(err).__name__}: {err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         seen = sorted(data)[:10] if isinstance(data, dict) else type(data).__name__
@@ -239,10 +239,13 @@ def check_panoptic(panoptic, segments, where="panoptic"):
 def _categories(json_path, records):
     if records is None:
         return None
-    ok = isinstance(records, list) and all(isinstance(c, dict) and "id" in c and "name" in c for c in records)
-    if not ok:
-        raise DataError(f"{json_path}: categories {str(records)[:100]}, expected a list of dicts with 'id' and "
-                        "'name' (and 'isthing')")
+    if not isinstance(records, list):
+        raise DataError(f"{json_path}: categories has type {type(records).__name__}, expected a list")
+    for i, c in enumerate(records):
+        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)
+                and c.get("isthing") in (0, 1)):  # True and False compare equal to 1 and 0
+            raise DataError(f"{json_path}: categories[{i}] is {str(c)[:100]}, expected a dict with an int 'id', a "
+                            "string 'name' and 'isthing' 0 or 1")
     ids = [c["id"] for c in records]
     if len(set(ids)) != len(ids):
         raise DataError(f"{json_path}: category ids {_some(sorted({i for i in ids if ids.count(i) > 1}))} "
