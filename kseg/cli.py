@@ -271,15 +271,11 @@ def _reject(args, options, what):
 
 
 def _run_task(run_dir):
-    """The task a run folder was trained for: run.json's "task" ("semantic" when absent)."""
-    try:
-        with open(os.path.join(run_dir, "run.json")) as f:
-            task = json.load(f).get("task", "semantic")
-    except (OSError, ValueError, AttributeError):
-        return "semantic"  # the semantic loader names the missing or broken file
-    if task not in TASKS:
-        raise ValueError(f"{os.path.join(run_dir, 'run.json')}: task {task!r}, expected one of {TASKS}")
-    return task
+    """The task a run folder was trained for: run.json's "task" ("semantic" when absent or unreadable:
+    the semantic loader then names the missing or broken file)."""
+    from kseg.training.spec import run_task
+
+    return run_task(run_dir, TASKS)
 
 
 def cmd_train(args):

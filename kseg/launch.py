@@ -56,7 +56,7 @@ def worker_command(command):
         raise ValueError(f"kseg launch runs `train`; got {' '.join(command) or 'no command'!r}, expected "
                          "`kseg launch -n N -- train ARGS...`")
     for i, arg in enumerate(command):
-        value = command[i + 1] if arg == "--strategy" and i + 1 < len(command) else None
+        value = (command[i + 1] if i + 1 < len(command) else "(no value)") if arg == "--strategy" else None
         value = arg.split("=", 1)[1] if arg.startswith("--strategy=") else value
         if value is not None and value != "multi-worker":
             raise ValueError(f"--strategy {value}: kseg launch trains with --strategy multi-worker (drop the flag)")

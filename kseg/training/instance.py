@@ -29,7 +29,6 @@ regions stay in the ground truth (COCO ignores detections on them).
 import collections.abc
 import dataclasses
 import functools
-import json
 import math
 import os
 
@@ -49,6 +48,7 @@ from kseg.models.mask_rcnn import LOSSES, SMALL_CONFIG, MaskRCNN
 from kseg.training import callbacks as kcallbacks
 from kseg.training.finetune import config_expectation, init_model, task_families
 from kseg.training.loop import distribution_record, fit_run, start_run, training_input
+from kseg.training.spec import load_detection_run
 from kseg.training.trainer import build_schedule
 from kseg.utils import progress, write_json
 
@@ -554,16 +554,9 @@ def load_instance_run(run_dir):
 
 
 def load_task_run(run_dir, task, spec_class, what):
-    """Reads `run_dir`/run.json, checks its task, and returns it with "data" as a `spec_class`."""
-    path = os.path.join(run_dir, "run.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: expected a folder written by `kseg train` (it holds run.json).")
-    with open(path) as f:
-        run = json.load(f)
-    if run.get("task") != task:
-        raise ValueError(f"{path}: task {run.get('task', 'semantic')!r}, expected {task!r} ({what})")
-    run["data"] = spec_class(**run["data"])
-    return run
+    """Reads `run_dir`/run.json, checks its task, and returns it with "data" as a `spec_class`
+    (`kseg.training.spec.load_detection_run`: every error names the file)."""
+    return load_detection_run(run_dir, task, spec_class, what)
 
 
 def default_model_path(run_dir):

@@ -62,23 +62,53 @@ def get_strategy(name="default", cpu_replicas=None):
     return tf.distribute.MirroredStrategy()
 
 
+_TF_CONFIG_FORM = ('{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}} (task '
+                   'types "worker" and at most one "chief"; i an int within its list)')
+
+
 def check_tf_config():
-    """Checks that `TF_CONFIG` describes a cluster with this process in it; returns it."""
+    """Checks that `TF_CONFIG` describes a cluster of chief/worker tasks with this process in it; returns it.
+
+    Raises:
+        ValueError: TF_CONFIG unset, not JSON, or not of that form (the message names the part).
+    """
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise ValueError("--strategy multi-worker: the TF_CONFIG environment variable is not set; expected "
-                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}} '
-                         "on every worker (`kseg launch -n N -- train ...` sets it for N local workers)")
+                         f"{_TF_CONFIG_FORM} on every worker (`kseg launch -n N -- train ...` sets it for N local "
+                         "workers)")
     try:
         config = json.loads(text)
-        cluster, task = config["cluster"], config["task"]
-        members = cluster[task["type"]]
-        index = int(task["index"])
-        assert 0 <= index < len(members)
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise ValueError(f"TF_CONFIG {text!r}: expected JSON with a cluster ({{'worker': [addresses]}}) and this "
-                         "process's task ({'type': 'worker', 'index': i}) within it") from None
+    except (ValueError, RecursionError) as err:  # RecursionError: nested deeper than Python's stack
+        raise ValueError(f"TF_CONFIG {text[:200]!r} is not JSON ({type(err).__name__}: {err}); expected "
+                         f"{_TF_CONFIG_FORM}") from None
+    problem = _tf_config_problem(config)
+    if problem:
+        raise ValueError(f"TF_CONFIG {text[:200]!r}: {problem}; expected {_TF_CONFIG_FORM}")
     return config
+
+
+def _tf_config_problem(config):
+    """What is wrong with a parsed TF_CONFIG, or None."""
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or not isinstance(
+            config.get("task"), dict):
+        return 'no "cluster" and "task" objects'
+    cluster, task = config["cluster"], config["task"]
+    for kind, members in cluster.items():
+        if kind not in ("chief", "worker"):  # kseg's multi-worker runs have no "ps" or "evaluator" tasks
+            return f"the cluster has task type {kind[:40]!r}"
+        if not (isinstance(members, list) and members and all(isinstance(a, str) and a for a in members)):
+            return f"the cluster's {kind!r} is {str(members)[:80]}, not a non-empty list of addresses"
+        if len(set(members)) != len(members):
+            return f"the cluster's {kind!r} lists an address twice"
+    if len(cluster.get("chief", [])) > 1:
+        return f"the cluster has {len(cluster['chief'])} chiefs"
+    kind, index = task.get("type"), task.get("index")
+    if not isinstance(kind, str) or kind not in cluster:
+        return f"the task's type {str(kind)[:40]!r} is not a task type of the cluster ({', '.join(cluster)})"
+    if not (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(cluster[kind])):
+        return f"the task's index {str(index)[:40]!r} is not an int in [0, {len(cluster[kind])})"
+    return None
 
 
 def worker(strategy):
