@@ -149,7 +149,13 @@ def _plan(args):
     models, names = [], _short_names(args.models)
     for path, name in zip(args.models, names):
         content = runtime.read_model(path)
-        models.append({"name": name, "path": str(path), **runtime.describe(content)})
+        model = {"name": name, "path": str(path), **runtime.describe(content, name=str(path))}
+        detail, _ = image_input(model)
+        try:
+            model["normalization"] = normalization(model["metadata"], detail["shape"][3] if detail else None)
+        except InputError as e:
+            raise BenchInputError(f"{path}: {e}") from None
+        models.append(model)
     image_path = Path(args.image) if args.image else default_image()
     image = load_image(image_path) if (args.image or args.e2e_runs or not args.input) else None
     tensor = _load_input(args.input) if args.input else None
@@ -163,7 +169,7 @@ def _plan(args):
                   "e2e_runs": args.e2e_runs if e2e_reason is None else 0,
                   "e2e_skipped": e2e_reason or (None if args.e2e_runs else "--e2e-runs 0"),
                   "image": str(image_path), "activation": (model["metadata"] or {}).get("activation"),
-                  "normalization": normalization(model["metadata"])}
+                  "normalization": model["normalization"]}
         if not args.no_cpu:
             for threads in args.threads:
                 label = f"cpu x{threads}" + (" compiled" if args.runtime == "compiled" else "")
@@ -208,7 +214,7 @@ def _model_inputs(model, image, tensor, tensor_path):
             )
         arrays = [tensor]
     elif detail is not None:
-        arrays = [prepare_image(image, detail, normalization(model["metadata"]))]
+        arrays = [prepare_image(image, detail, model["normalization"])]
     else:
         rng = np.random.default_rng(0)
         arrays = [rng.uniform(0, 1, d["shape"]).astype(d["dtype"]) if np.dtype(d["dtype"]).kind == "f"

@@ -37,24 +37,41 @@ def existing_file(path, kind):
 
 def load_image(path):
     """The image at `path`, decoded; InputError naming the file if Pillow cannot read it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = existing_file(path, "image file")
     try:
         image = Image.open(path)
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except Exception as e:  # not an image, truncated, corrupt, a decompression bomb (Image.MAX_IMAGE_PIXELS), ...
         raise InputError(f"{path}: Pillow cannot read this image ({type(e).__name__}: {e})") from e
     return image
 
 
-def normalization(metadata):
-    """(mean, std) from a model's metadata (runtime.read_metadata), or None: kseg models take raw pixels [0, 255]."""
+def normalization(metadata, channels=None):
+    """(mean, std) from a model's metadata (runtime.read_metadata), or None: kseg models take raw pixels [0, 255].
+
+    Args:
+        metadata: runtime.read_metadata's dict, or None.
+        channels: C of the image input, to check that mean and std have 1 or C values; None skips that check.
+
+    Returns:
+        None when the metadata gives neither mean nor std, else (mean, std) lists of floats.
+
+    Raises:
+        InputError: mean or std not finite, a zero std, or a count that is neither 1 nor C.
+    """
     meta = metadata or {}
-    if meta.get("mean") is None and meta.get("std") is None:
+    given = [meta.get(k) for k in ("mean", "std")]
+    if all(v is None or np.size(v) == 0 for v in given):
         return None
-    mean = np.asarray(meta.get("mean", 0.0), np.float32).reshape(-1)
-    std = np.asarray(meta.get("std", 1.0), np.float32).reshape(-1)
+    mean, std = (np.asarray(v if v is not None and np.size(v) else default, np.float32).reshape(-1)
+                 for v, default in zip(given, (0.0, 1.0)))
+    counts = {1} | ({channels} if channels else {mean.size, std.size})
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and std.all() and {mean.size, std.size} <= counts):
+        expected = f"1 or {channels}" if channels else "1 or C"
+        raise InputError(f"the model's metadata has normalization mean {mean.tolist()} std {std.tolist()}; expected "
+                         f"{expected} finite values each, std != 0")
     return mean.tolist(), std.tolist()
 
 

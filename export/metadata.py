@@ -217,7 +217,7 @@ def read_metadata(model):
     data = _check_tflite(model, "model")
     try:
         buffer = _find_metadata_buffer(data)
-    except (IndexError, TypeError, UnicodeDecodeError, struct.error) as e:
+    except _CORRUPT as e:
         raise ValueError(f"model has file identifier {_TFLITE_ID!r} but does not parse as a TFLite model: {e!r}.") from e
     if buffer is None:
         return None
@@ -225,6 +225,19 @@ def read_metadata(model):
         raise ValueError(
             f"{METADATA_NAME} buffer has file identifier {bytes(buffer[4:8])!r}; expected {_METADATA_ID!r}."
         )
+    try:
+        return _read_model_metadata(data, buffer)
+    except _CORRUPT as e:
+        raise ValueError(f"{METADATA_NAME} buffer ({len(buffer)} bytes, identifier {_METADATA_ID!r}) does not parse as "
+                         f"a ModelMetadata flatbuffer: {e!r}.") from e
+
+
+# What reading past the end of a corrupt flatbuffer raises (flatbuffers' struct reads, our bounds checks).
+_CORRUPT = (IndexError, TypeError, UnicodeDecodeError, struct.error, OverflowError)
+
+
+def _read_model_metadata(data, buffer):
+    """read_metadata's dict from the ModelMetadata flatbuffer `buffer` of the model `data`."""
     root = _root(buffer)
     result = {
         "name": _string(root, 0),
@@ -543,25 +556,37 @@ def _table_at(tab, slot):
     return Table(tab.Bytes, tab.Indirect(o + tab.Pos)) if o else None
 
 
+def _vector(tab, o, item_size):
+    """(start, length) of the vector at field offset `o`; IndexError when it runs past the buffer."""
+    start, length = tab.Vector(o), tab.VectorLen(o)
+    if start + item_size * length > len(tab.Bytes):
+        raise IndexError(f"a vector of {length} x {item_size} bytes at byte {start} runs past the "
+                         f"{len(tab.Bytes)}-byte buffer")
+    return start, length
+
+
 def _tables(tab, slot):
     o = _field(tab, slot)
     if not o:
         return []
-    start = tab.Vector(o)
-    return [Table(tab.Bytes, tab.Indirect(start + 4 * i)) for i in range(tab.VectorLen(o))]
+    start, length = _vector(tab, o, 4)
+    return [Table(tab.Bytes, tab.Indirect(start + 4 * i)) for i in range(length)]
 
 
 def _floats_at(tab, slot):
     o = _field(tab, slot)
-    return tuple(float(v) for v in tab.GetVectorAsNumpy(number_types.Float32Flags, o)) if o else ()
+    if not o:
+        return ()
+    start, length = _vector(tab, o, 4)
+    return tuple(float(v) for v in np.frombuffer(bytes(tab.Bytes[start:start + 4 * length]), "<f4"))
 
 
 def _bytes(tab, slot):
     o = _field(tab, slot)
     if not o:
         return b""
-    start = tab.Vector(o)
-    return bytes(tab.Bytes[start:start + tab.VectorLen(o)])
+    start, length = _vector(tab, o, 1)
+    return bytes(tab.Bytes[start:start + length])
 
 
 def _find_metadata_buffer(data):
@@ -610,9 +635,9 @@ def _read_labels(data, name):
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             text = archive.read(name).decode("utf-8")
-    except (zipfile.BadZipFile, KeyError):
+    except Exception as e:  # BadZipFile, KeyError, an unsupported compression, a corrupt deflate stream, ...
         raise ValueError(
-            f"the metadata names label file {name!r}, but the model has no zip archive holding it; "
-            "expected the file appended after the flatbuffer (as add_metadata writes it)."
+            f"the metadata names label file {name!r}, but no zip archive after the flatbuffer holds it readably "
+            f"({type(e).__name__}: {e}); expected the UTF-8 file appended as add_metadata writes it."
         ) from None
     return [line for line in text.splitlines() if line.strip()]

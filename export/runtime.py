@@ -127,7 +127,8 @@ def check_model(content, name="<model bytes>"):
     try:
         Interpreter(model_content=bytes(content), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     except ValueError as e:
-        raise ModelFileError(f"{name}: truncated or corrupt TFLite flatbuffer ({len(content)} bytes; LiteRT: {e})") from e
+        reason = " ".join(str(e).split())  # LiteRT's message spans lines; ours is one
+        raise ModelFileError(f"{name}: truncated or corrupt TFLite flatbuffer ({len(content)} bytes; LiteRT: {reason})") from e
     except RuntimeError as e:
         raise ModelFileError(f"{name}: LiteRT cannot build an interpreter for this model: {str(e).splitlines()[0]}") from e
     return model
@@ -202,8 +203,12 @@ def _op_macs(name, op, sg):
     return None
 
 
-def describe(content):
+def describe(content, name=None):
     """What a `.tflite` model holds and costs, without running it.
+
+    Args:
+        content: the `.tflite` file content (bytes), e.g. from `read_model`.
+        name: the file's name for error messages, or None.
 
     Returns:
         dict with `size_bytes`; `inputs`, `outputs` (tensor details, see the module
@@ -225,7 +230,8 @@ def describe(content):
         inputs = [_tensor_detail(sg, i) for i in sg.inputs]
         outputs = [_tensor_detail(sg, i) for i in sg.outputs]
     except Exception as e:
-        raise ModelFileError(f"cannot describe the model ({len(content)} bytes): {e!r}") from e
+        where = f"{name}: " if name else ""
+        raise ModelFileError(f"{where}cannot describe the model ({len(content)} bytes): {e!r}") from e
     return {
         "size_bytes": len(content),
         "inputs": inputs,

@@ -152,7 +152,8 @@ class Y4MReader(_Closing):
         cw, ch = -(-self.width // self._sub), -(-self.height // self._sub)
         self._plane_sizes = (self.width * self.height, cw * ch, cw * ch)
         frame_bytes = len(b"FRAME\n") + sum(self._plane_sizes)
-        payload = os.fstat(self._file.fileno()).st_size - len(header)
+        self._size = os.fstat(self._file.fileno()).st_size
+        payload = self._size - len(header)
         self.frames = payload // frame_bytes if payload % frame_bytes == 0 else None
 
     def __iter__(self):
@@ -164,9 +165,10 @@ class Y4MReader(_Closing):
                 return
             if not line.startswith(b"FRAME"):
                 raise InputError(f"{self.name}: frame {index}: expected a FRAME header, got {line[:24]!r}")
-            data = self._file.read(sum(self._plane_sizes))
-            if len(data) < sum(self._plane_sizes):
-                raise InputError(f"{self.name}: frame {index} is truncated: {len(data)} of {sum(self._plane_sizes)} bytes")
+            need, left = sum(self._plane_sizes), self._size - self._file.tell()
+            if left < need:  # checked before reading: a header's W and H may ask for terabytes
+                raise InputError(f"{self.name}: frame {index} is truncated: {left} of {need} bytes")
+            data = self._file.read(need)
             y_size, c_size, _ = self._plane_sizes
             y = np.frombuffer(data, np.uint8, y_size).reshape(h, w)
             shape = (-(-h // sub), -(-w // sub))
