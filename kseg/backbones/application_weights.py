@@ -18,6 +18,12 @@ layer and both shapes instead of Keras' bare count mismatch.
 import os
 
 _SHOW = 3  # layers an error lists
+# What keras.applications downloads for each model without its top (model.name -> file name).
+DOWNLOADED_FILES = {
+    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "MobileNetV3Large": "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+    "MobileNetV3Small": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+}
 
 
 def build_application(factory, weights, argument, **kwargs):
@@ -56,8 +62,8 @@ def load_application_weights(model, path, argument="weights"):
         FileNotFoundError, ValueError: naming the argument, the file, what was seen and what
             was expected.
     """
-    expected = (f"the HDF5 weights file keras.applications downloads for {model.name} (include_top as built; e.g. "
-                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)")
+    expected = (f"the HDF5 weights file keras.applications downloads for {model.name} "
+                f"({DOWNLOADED_FILES.get(model.name, 'the include_top=False file')})")
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{argument}={path!r}: expected None, 'imagenet' or the path of {expected}")
     path = os.fspath(path)

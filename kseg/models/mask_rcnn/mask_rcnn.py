@@ -231,7 +231,7 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
             "num_classes": self.num_classes,
             "image_size": list(self.image_size),
             "backbone": self.backbone,
-            "backbone_weights": self.backbone_weights,
+            "backbone_weights": None,  # the weights are in the saved file: a reload never fetches them again
             "fpn_channels": self.fpn_channels,
             "anchor_sizes": list(self.anchor_sizes),
             "aspect_ratios": list(self.aspect_ratios),

@@ -189,7 +189,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
             "num_stuff_classes": self.num_stuff_classes,
             "image_size": list(self.image_size),
             "backbone": self.backbone,
-            "backbone_weights": self.backbone_weights,
+            "backbone_weights": None,  # the weights are in the saved file: a reload never fetches them again
             "num_queries": self.num_queries,
             "hidden_dim": self.hidden_dim,
             "num_layers": self.num_layers,
