@@ -3,8 +3,8 @@
 `kseg train` (and `kseg demo`, and `evaluate` / `predict` / `export` when they write into the
 run folder) hold the lock of the run folder while they run; a second writer is refused at
 once with a message naming the folder and the process that holds it. The lock is the
-kernel's (`fcntl.flock` on the open lock file), so it goes away with its process however the
-process ends, SIGKILL included: there is no stale lock to clean up. The lock file stays; it
+kernel's (`fcntl.flock` on the open lock file; on Windows `msvcrt.locking`), so it goes away
+with its process however the process ends, SIGKILL included: there is no stale lock to clean up. The lock file stays; it
 records the holder (pid, host, command, start time) for the message of the refused writer.
 
 Readers need no lock: every file a run writes is replaced atomically (`kseg.utils.io`), so
@@ -19,7 +19,6 @@ which takes it again). Under a multi-worker strategy only the chief holds it
 
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import shlex
@@ -29,6 +28,12 @@ import threading
 import time
 
 from kseg.utils.io import naming_write_errors
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
 
 LOCK_FILE = ".lock"
 PROBE_WAIT = 0.25  # seconds a writer retries a busy lock: a probe (`check_run_folder_free`) holds it for microseconds
@@ -83,7 +88,29 @@ def _record(fd):
     text = json.dumps(holder).encode()
     with contextlib.suppress(OSError):  # a full disk may refuse the record; the lock holds without it
         os.ftruncate(fd, 0)
-        os.pwrite(fd, text, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, text)
+
+
+_WINDOWS_OFFSET = 1 << 30  # the byte msvcrt locks: past the record, which others read
+
+
+def _lock(fd, shared=False):
+    """Locks the open file `fd` without waiting; raises BlockingIOError (PermissionError on
+    Windows) when another process holds it."""
+    if fcntl is not None:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    else:  # no shared locks: a probe takes the lock for an instant
+        os.lseek(fd, _WINDOWS_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+
+def _unlock(fd):
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    else:
+        os.lseek(fd, _WINDOWS_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
 def _acquire(run_dir):
@@ -95,9 +122,9 @@ def _acquire(run_dir):
     try:
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock(fd)
                 break
-            except BlockingIOError:
+            except (BlockingIOError, PermissionError):  # PermissionError: msvcrt's "locked"
                 if time.monotonic() > deadline:
                     raise RunFolderBusy(run_dir, read_holder(run_dir)) from None
                 time.sleep(0.01)
@@ -135,7 +162,8 @@ def run_lock(run_dir):
                 del _held[key]
                 with contextlib.suppress(OSError):
                     os.ftruncate(entry[0], 0)  # no holder recorded once released
-                os.close(entry[0])  # closing the file releases the lock
+                    _unlock(entry[0])
+                os.close(entry[0])  # (closing the file releases the lock in any case)
 
 
 def check_run_folder_free(run_dir):
@@ -154,8 +182,9 @@ def check_run_folder_free(run_dir):
         except OSError:
             return  # unreadable: `run_lock` reports it when the writer starts
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
+            _lock(fd, shared=True)
+            _unlock(fd)
+        except (BlockingIOError, PermissionError):
             raise RunFolderBusy(run_dir, read_holder(run_dir)) from None
         finally:
             os.close(fd)
