@@ -14,6 +14,7 @@ the same command resumes after any of them.
 """
 
 import contextlib
+import csv
 import errno
 import math
 import os
@@ -107,7 +108,16 @@ FIXES = {
 
 
 def write_failure_advice(output_dir, code):
-    """What a run folder kept after a failed write with errno `code`, and what to do then."""
+    """What a run folder kept after a failed write, and what to do then (a `WriteError`'s advice).
+
+    Args:
+        output_dir: the run folder.
+        code: the errno of the failed write (`FIXES` names the fix of each).
+
+    Returns:
+        "Kept in RUN: best.keras, the backup of epoch E (...), history.csv up to epoch N (...).
+        To go on, <fix>, then rerun the same command: it resumes from the backup of epoch E."
+    """
     paths = run_paths(output_dir)
     kept = [name for name in ("best.keras", "final.keras") if os.path.exists(paths[name])]
     try:
@@ -117,8 +127,9 @@ def write_failure_advice(output_dir, code):
     if saved:
         kept.append(f"the backup of epoch {saved} ({backup_dir(output_dir)})")
     try:
-        rows = len(next(iter(kcallbacks.read_history_csv(paths["history.csv"]).values()), []))
-    except (OSError, ValueError):
+        with open(paths["history.csv"], newline="") as f:
+            rows = max(len(list(csv.reader(f))) - 1, 0)  # whole rows after the header: it is written atomically
+    except OSError:
         rows = 0
     if rows:
         kept.append(f"history.csv up to epoch {rows}")
