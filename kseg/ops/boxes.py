@@ -278,3 +278,43 @@ def iou_matrix(boxes_a, boxes_b):
     positive = union > 0.0
     safe_union = tf.where(positive, union, tf.ones_like(union))
     return tf.where(positive, intersection / safe_union, tf.zeros_like(union))
+
+
+def torchvision_anchor_boxes(grid_sizes, strides, sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0)):
+    """Returns the anchors of torchvision's `AnchorGenerator` (Faster/Mask R-CNN v1), in kseg's layout.
+
+    Differences from `anchor_boxes`: a cell's anchors are centred on its top-left corner
+    (x * stride, y * stride), not on its centre, and the half sizes are rounded to integers
+    (half-to-even) in float32, as torchvision rounds its base anchors. For ratio r = h / w,
+    half height = round(size * sqrt(r) / 2), half width = round(size / sqrt(r) / 2).
+
+    Args:
+        grid_sizes: ((h, w), ...) the feature-map size of each level.
+        strides: the stride of each level (the padded image size // the grid size), an int or
+            (stride_y, stride_x).
+        sizes: one anchor size per level.
+        aspect_ratios: h / w ratios, the anchors of a cell in this order.
+
+    Returns:
+        np.ndarray float32 [A, 4] (y1, x1, y2, x2), levels in order, then cells row-major, then
+        ratios.
+
+    Example:
+        >>> torchvision_anchor_boxes([(1, 2)], [32], sizes=[32], aspect_ratios=[0.5]).tolist()
+        [[-11.0, -23.0, 11.0, 23.0], [-11.0, 9.0, 11.0, 55.0]]
+    """
+    if not len(grid_sizes) == len(strides) == len(sizes):
+        raise ValueError(f"grid_sizes, strides and sizes need one entry per level; got {len(grid_sizes)}, "
+                         f"{len(strides)} and {len(sizes)}")
+    root = np.sqrt(np.asarray(aspect_ratios, np.float32))
+    levels = []
+    for (grid_h, grid_w), stride, size in zip(grid_sizes, strides, sizes):
+        stride_y, stride_x = (stride, stride) if np.isscalar(stride) else stride
+        half_h = np.round(root * np.float32(size) / np.float32(2.0)).astype(np.float32)
+        half_w = np.round((np.float32(1.0) / root) * np.float32(size) / np.float32(2.0)).astype(np.float32)
+        y = (np.arange(grid_h) * stride_y).astype(np.float32)[:, None, None]
+        x = (np.arange(grid_w) * stride_x).astype(np.float32)[None, :, None]
+        zeros = np.zeros((grid_h, grid_w, len(root)), np.float32)
+        level = np.stack([y - half_h + zeros, x - half_w + zeros, y + half_h + zeros, x + half_w + zeros], -1)
+        levels.append(level.reshape(-1, 4))
+    return np.concatenate(levels, axis=0)

@@ -46,3 +46,57 @@ def paste_masks(masks, boxes, image_size):
     rows = _interpolation_matrix(y1, y2, size, height)  # [B, D, H, S]
     cols = _interpolation_matrix(x1, x2, size, width)  # [B, D, W, S]
     return tf.matmul(tf.matmul(rows, masks), cols, transpose_b=True)
+
+
+def _torchvision_paste_matrix(start, end, size, length, padding):
+    """[..., length, size]: torchvision's paste weights along one axis.
+
+    The box (start, end) is widened about its centre by (size + 2 padding) / size and truncated
+    to integer pixels e1, e2; the zero-bordered mask (size + 2 padding samples) is resized
+    bilinearly (align_corners=False) to the n = max(e2 - e1 + 1, 1) pixels from e1, which read
+    it; other pixels read 0. The returned weights drop the border samples (they are zero).
+    """
+    padded = size + 2 * padding
+    scale = tf.constant(padded / size, tf.float32)
+    centre = (end + start) * 0.5
+    half = (end - start) * 0.5 * scale
+    first = tf.cast(centre - half, tf.int32)  # truncation toward zero, as torch's .to(int64)
+    last = tf.cast(centre + half, tf.int32)
+    count = tf.maximum(last - first + 1, 1)
+    offset = tf.range(length, dtype=tf.int32) - first[..., None]  # [..., length]
+    inside = tf.logical_and(offset >= 0, offset < count[..., None])
+    step = float(padded) / tf.cast(count, tf.float32)  # input / output size, as torch
+    source = tf.maximum(step[..., None] * (tf.cast(offset, tf.float32) + 0.5) - 0.5, 0.0)
+    lower = tf.minimum(tf.floor(source), padded - 1.0)
+    fraction = tf.clip_by_value(source - lower, 0.0, 1.0)
+    upper = tf.minimum(lower + 1.0, padded - 1.0)
+    grid = tf.range(padded, dtype=tf.float32)
+    weights = ((1.0 - fraction)[..., None] * tf.cast(tf.equal(grid, lower[..., None]), tf.float32)
+               + fraction[..., None] * tf.cast(tf.equal(grid, upper[..., None]), tf.float32))
+    weights *= tf.cast(inside, tf.float32)[..., None]
+    return weights[..., padding:padding + size]
+
+
+def paste_masks_torchvision(masks, boxes, image_size, padding=1):
+    """Pastes S x S ROI masks into the image exactly as torchvision's `paste_masks_in_image`.
+
+    Each mask gets a `padding`-sample zero border, its box is widened by (S + 2 padding) / S
+    about its centre and truncated to integer pixels [e1, e2], and the bordered mask is resized
+    bilinearly (align_corners=False, no antialiasing) to (e2 - e1 + 1) pixels per side placed at
+    e1; pixels outside read 0. Written as pasted = Ry @ mask @ Rx^T (builtin TFLite ops).
+
+    Args:
+        masks: float32 [B, D, S, S] probabilities.
+        boxes: float32 [B, D, 4] (y1, x1, y2, x2) in image pixels.
+        image_size: (H, W) of the image pasted into.
+        padding: the zero border in mask samples (1, as torchvision).
+
+    Returns:
+        float32 [B, D, H, W].
+    """
+    height, width = (int(v) for v in image_size)
+    size = masks.shape[-1]
+    y1, x1, y2, x2 = tf.unstack(tf.cast(boxes, tf.float32), axis=-1)
+    rows = _torchvision_paste_matrix(y1, y2, size, height, padding)  # [B, D, H, S]
+    cols = _torchvision_paste_matrix(x1, x2, size, width, padding)  # [B, D, W, S]
+    return tf.matmul(tf.matmul(rows, tf.cast(masks, tf.float32)), cols, transpose_b=True)

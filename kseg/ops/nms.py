@@ -52,3 +52,39 @@ def batched_class_nms(boxes, scores, classes, max_output, iou_threshold, score_t
     """
     shift = tf.cast(classes, tf.float32)[..., None] * float(coordinate_limit)
     return padded_nms(boxes + shift, scores, max_output, iou_threshold, score_threshold)
+
+
+def separate_nms(groups, max_per_group, max_output, iou_threshold, score_threshold=float("-inf")):
+    """NMS within each group separately (one NMS call per group, no coordinate shift), then the
+    `max_output` best of all kept boxes: torchvision's `batched_nms` done group by group.
+
+    Unlike `batched_class_nms`, no coordinates are shifted, so IoUs are computed exactly as
+    within one group. Kept boxes are ordered by descending score.
+
+    Args:
+        groups: list of (boxes [B, N_g, 4], scores [B, N_g]) pairs, one per group.
+        max_per_group: boxes kept at most per group.
+        max_output: K, boxes kept in all.
+        iou_threshold, score_threshold: as `padded_nms` (a box scoring <= score_threshold is dropped).
+
+    Returns:
+        (boxes [B, K, 4], scores [B, K], group [B, K] int32, valid [B]); rows past `valid` are
+        zero boxes with score 0 and group 0.
+    """
+    kept_boxes, kept_scores, kept_groups = [], [], []
+    for g, (boxes, scores) in enumerate(groups):
+        count = min(int(max_per_group), int(boxes.shape[1]))
+        keep, valid = padded_nms(boxes, scores, count, iou_threshold, score_threshold)
+        mask = valid_mask(valid, count)
+        kept_boxes.append(tf.gather(boxes, keep, batch_dims=1))
+        kept_scores.append(tf.where(mask, tf.gather(scores, keep, batch_dims=1), float("-inf")))
+        kept_groups.append(tf.fill(tf.shape(keep), g))
+    boxes, scores, groups = (tf.concat(x, axis=1) for x in (kept_boxes, kept_scores, kept_groups))
+    count = min(int(max_output), int(scores.shape[1]))
+    top, index = tf.math.top_k(scores, count)
+    valid = tf.reduce_sum(tf.cast(top > float("-inf"), tf.int32), axis=1)
+    mask = valid_mask(valid, count)
+    out_boxes = tf.where(mask[..., None], tf.gather(boxes, index, batch_dims=1), 0.0)
+    out_scores = tf.where(mask, top, 0.0)
+    out_groups = tf.where(mask, tf.gather(groups, index, batch_dims=1), 0)
+    return out_boxes, out_scores, out_groups, valid
