@@ -232,16 +232,16 @@ def run(tflite_model, image, num_threads=2):
 
 
 def detector_tflite(model):
-    """A kseg MaskRCNN, PanopticFPN or MaskFormer as builtin-op fp32 TFLite bytes, batch 1.
+    """A kseg MaskRCNN (or TorchvisionMaskRCNN), PanopticFPN or MaskFormer as builtin-op fp32 TFLite bytes, batch 1.
 
     A Mask R-CNN graph is `model`'s rebuilt with `roi_align_method="gather"` (builtin ops; it
     agrees with crop_and_resize) and the same weights; the signature keeps the Keras dict's output
     names ("boxes", "scores", ...). Raises FlexOpsError if conversion needs Flex ops.
     """
-    from kseg.models.mask_rcnn import MaskRCNN
+    from kseg.models.mask_rcnn import MaskRCNN, TorchvisionMaskRCNN
     from kseg.models.maskformer import MaskFormer
 
-    if isinstance(model, MaskRCNN):
+    if isinstance(model, (MaskRCNN, TorchvisionMaskRCNN)):
         twin = type(model).from_config({**model.get_config(), "roi_align_method": "gather"})
         twin.set_weights(model.get_weights())
     elif isinstance(model, MaskFormer):  # builtin ops already
