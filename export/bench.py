@@ -70,6 +70,10 @@ def add_arguments(parser):
     parser.add_argument("--json", metavar="FILE", help="write all results as JSON")
     parser.add_argument("--csv", metavar="FILE", help="write one row per configuration as CSV")
     parser.add_argument("--chart", metavar="FILE.png", help="bar chart of mean invoke latency per configuration")
+    parser.add_argument("--arm64", nargs="+", metavar="CPU",
+                        help="instead of timing here: run the models on these emulated ARM64 cores (cortex-a76, "
+                             "cortex-a53, ...) and report agreement with x86 and instructions per inference (export.arm64)")
+    parser.add_argument("--arm64-runs", type=int, default=2, metavar="N", help="inferences counted per model and core (default: 2)")
     return parser
 
 
@@ -81,6 +85,11 @@ def main(argv=None):
 
 def run(args):
     """Runs the benchmark described by parsed `args`; returns the exit code (0, 1 or 2)."""
+    if args.arm64:  # the emulated-ARM table replaces the timing run (one thread: counts stay deterministic)
+        from export.arm64.__main__ import run as run_arm64
+
+        return run_arm64(args.models, args.arm64, runs=args.arm64_runs, image=args.image,
+                         timeout=args.timeout * len(args.models), json_path=args.json)
     try:
         plan = _plan(args)
     except (InputError, runtime.ModelFileError) as e:
