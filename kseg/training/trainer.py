@@ -4,11 +4,13 @@ A run folder holds:
     run.json        what was trained on and how (read back by evaluate/predict)
     best.keras      the model of the best validation epoch (atomic writes)
     final.keras     the model after the last epoch
-    history.csv     one row per epoch (appended, so resumed runs continue it)
+    history.csv     one row per epoch (rewritten atomically; resumed runs continue it)
     curves.png      loss and metric curves, redrawn every epoch
     logs/           TensorBoard
     backup/         BackupAndRestore state: rerunning the same command resumes a killed run
+                    (or one stopped by a failed write); removed once the run is complete
     metrics.json    per-class IoU / Dice and mIoU of best.keras on the validation set
+    .lock           the lock of the one process writing the folder (`kseg.utils.run_lock`)
 """
 
 import os
