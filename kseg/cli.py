@@ -256,7 +256,8 @@ _SEMANTIC_ONLY = [("masks", "--masks", None), ("num_classes", "--num-classes", N
                   ("model", "--model", "unet"), ("loss", "--loss", "ce"), ("class_weights", "--class-weights", None)]
 _INSTANCE_ONLY = [("coco_json", "--coco-json", None), ("val_coco_json", "--val-coco-json", None),
                   ("label_maps", "--label-maps", None), ("val_label_maps", "--val-label-maps", None),
-                  ("yolo_data", "--yolo-data", None), ("shapes", "--shapes", None), ("max_instances", "--max-instances", None),
+                  ("yolo_data", "--yolo-data", None), ("shapes", "--shapes", None),
+                  ("max_instances", "--max-instances", None),
                   ("model_config", "--model-config", None)]
 _PANOPTIC_ONLY = [("panoptic_json", "--panoptic-json", None), ("panoptic_pngs", "--panoptic-pngs", None),
                   ("val_panoptic_json", "--val-panoptic-json", None), ("val_panoptic_pngs", "--val-panoptic-pngs", None)]
@@ -638,7 +639,8 @@ def cmd_demo_video(args):
 
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
-    "export": cmd_export, "convert": cmd_convert, "bench": cmd_bench, "demo-video": cmd_demo_video, "launch": cmd_launch,
+    "export": cmd_export, "convert": cmd_convert, "bench": cmd_bench, "demo-video": cmd_demo_video,
+    "launch": cmd_launch,
 }
 
 

@@ -249,8 +249,9 @@ def _parse_line(where, line, num_classes):
     bad = ~np.isfinite(xy) | (xy < -COORD_TOLERANCE) | (xy > 1 + COORD_TOLERANCE)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
+        side = "width" if k % 2 == 0 else "height"
         raise DataError(f"{where}: coordinate {k + 1} ({'xy'[k % 2]}) is {tokens[k + 1]}, expected a normalized "
-                        f"value in [0, 1] (the pixel coordinate divided by the image {'width' if k % 2 == 0 else 'height'})")
+                        f"value in [0, 1] (the pixel coordinate divided by the image {side})")
     return int(value), np.clip(xy, 0.0, 1.0)
 
 

@@ -40,7 +40,8 @@ def load_init_model(path, argument="--init"):
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{argument} {path}: file not found; expected a .keras model (kseg train, kseg convert)")
+        raise FileNotFoundError(f"{argument} {path}: file not found; expected a .keras model (kseg train, "
+                                "kseg convert)")
     if not path.endswith(".keras"):
         raise ValueError(f"{argument} {path}: expected a .keras model file (kseg convert turns checkpoints into one)")
     try:
@@ -82,8 +83,9 @@ def init_model(path, *, num_classes, size, families, expected=None, overrides=No
         differ = [f"{k}: file {config.get(k)!r}, run {v!r}" for k, v in settings.items()
                   if _plain(config.get(k)) != _plain(v)]
         if type(source) is not cls or differ:
+            asked = ", ".join(f"{k}={v!r}" for k, v in settings.items())
             raise ValueError(f"{argument} {path}: {flag} asks for a {cls.__name__} "
-                             f"{'with ' + ', '.join(f'{k}={v!r}' for k, v in settings.items()) if settings else ''} but "
+                             f"{'with ' + asked if settings else ''} but "
                              f"the file holds a {name}{': ' + '; '.join(differ) if differ else ''}. Leave {flag} out "
                              "(the file gives the architecture) or name the file's")
     size_key = next((k for k in _SIZE_KEYS if k in config), None)

@@ -121,7 +121,8 @@ class InstanceDataSpec:
              "--val-images, --val-coco-json and --val-label-maps are for file data"),
             (self.source != "shapes" or not self.class_names,
              f"--class-names {names}: the shapes set has its own classes (circle, square, triangle)"),
-            (self.source == "yolo" or not self.yolo_data, f"--yolo-data is the data of source 'yolo', not {self.source!r}"),
+            (self.source == "yolo" or not self.yolo_data,
+             f"--yolo-data is the data of source 'yolo', not {self.source!r}"),
             (self.source != "yolo" or self.yolo_data, "instance data source 'yolo' needs --yolo-data (a data.yaml)"),
             (self.source != "yolo" or not (self.images or given_val or self.class_names),
              "--yolo-data needs no --images, --val-* or --class-names (its data.yaml names the images, the splits "
@@ -518,7 +519,8 @@ def train_detection(task, spec, output_dir, model_config=None, model_kwargs=None
         else:
             expected = config_expectation(model_config, MODEL_CONFIGS, MaskRCNN) if task.name == "instance" else None
             net, init_report = init_model(init, num_classes=len(categories), size=spec.image_size,
-                                          families=task_families(task.model_name), expected=expected, overrides=model_kwargs)
+                                          families=task_families(task.model_name), expected=expected,
+                                          overrides=model_kwargs)
         net.compile(optimizer=keras.optimizers.Adam(build_schedule(schedule, rate, epochs * steps_per_epoch),
                                                     clipnorm=10.0), jit_compile=jit_compile)
     val = resized(val_examples, spec.image_size)

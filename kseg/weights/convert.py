@@ -143,7 +143,8 @@ def _keras_hub_segformer(source, size, num_classes, reset_classifier, options):
     try:
         import keras_hub
     except ImportError:
-        raise ValueError(f"{source}: a keras-hub preset; converting it needs keras-hub (pip install keras-hub)") from None
+        raise ValueError(f"{source}: a keras-hub preset; converting it needs keras-hub "
+                         "(pip install keras-hub)") from None
     from kseg.weights.segformer_keras_hub import segformer_from_keras_hub
 
     try:
