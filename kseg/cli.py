@@ -147,6 +147,7 @@ def build_parser():
     e.add_argument("--masks", help="mask folder")
     e.add_argument("--coco-json", help="instance runs: COCO instances JSON of --images")
     e.add_argument("--label-maps", help="instance runs: instance label maps paired with --images")
+    e.add_argument("--yolo-data", help="instance runs: the val split of this YOLO data.yaml")
     e.add_argument("--panoptic-json", help="panoptic runs: COCO panoptic JSON of --images (with --panoptic-pngs)")
     e.add_argument("--panoptic-pngs", help="panoptic runs: folder of its id PNGs")
     e.add_argument("--output", help="JSON report (default: RUN/evaluation.json)")
@@ -400,6 +401,7 @@ def cmd_evaluate(args):
     if task == "panoptic":
         return cmd_evaluate_panoptic(args)
     _reject(args, [("coco_json", "--coco-json", None), ("label_maps", "--label-maps", None),
+                   ("yolo_data", "--yolo-data", None),
                    ("panoptic_json", "--panoptic-json", None), ("panoptic_pngs", "--panoptic-pngs", None)],
             "kseg evaluate on a semantic run")
     from kseg import data as kdata
@@ -427,18 +429,19 @@ def cmd_evaluate(args):
 def cmd_evaluate_instance(args):
     _reject(args, [("masks", "--masks", None), ("panoptic_json", "--panoptic-json", None),
                    ("panoptic_pngs", "--panoptic-pngs", None)],
-            "kseg evaluate on an instance run (use --coco-json or --label-maps)")
+            "kseg evaluate on an instance run (use --coco-json, --label-maps or --yolo-data)")
     from kseg.training.instance import evaluate_instance_run, format_ap_table
 
     report = evaluate_instance_run(args.run, model_path=args.model, coco_json=args.coco_json, images=args.images,
-                                   label_maps=args.label_maps, output=args.output, batch_size=args.batch_size,
-                                   verbose=0 if args.quiet else 1)
+                                   label_maps=args.label_maps, yolo_data=args.yolo_data, output=args.output,
+                                   batch_size=args.batch_size, verbose=0 if args.quiet else 1)
     print(format_ap_table(report))
     print(f"report: {report['output']}")
 
 
 def cmd_evaluate_panoptic(args):
-    _reject(args, [("masks", "--masks", None), ("coco_json", "--coco-json", None), ("label_maps", "--label-maps", None)],
+    _reject(args, [("masks", "--masks", None), ("coco_json", "--coco-json", None), ("label_maps", "--label-maps", None),
+                   ("yolo_data", "--yolo-data", None)],
             "kseg evaluate on a panoptic run (use --panoptic-json, --panoptic-pngs and --images)")
     from kseg.training.panoptic import evaluate_panoptic_run, format_pq_table
 

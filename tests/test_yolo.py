@@ -172,6 +172,13 @@ def test_train_evaluate_predict_on_a_yolo_set(tmp_path, capsys):
     assert (run["train"]["train_images"], run["train"]["val_images"]) == (5, 1)
     assert cli.main(["evaluate", "--run", str(out), "--quiet"]) == 0
     assert json.loads((out / "evaluation.json").read_text())["images"] == 1
+    other = write_set(tmp_path / "other", stems, size=(48, 80), val={"v1": RECTANGLE, "v2": RECTANGLE})
+    assert cli.main(["evaluate", "--run", str(out), "--yolo-data", str(other), "--output", str(tmp_path / "o.json"),
+                     "--quiet"]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())["images"] == 2  # the other yaml's val split
+    renamed = write_set(tmp_path / "renamed", stems, names=("cat", "cow"))
+    assert cli.main(["evaluate", "--run", str(out), "--yolo-data", str(renamed), "--quiet"]) == 2
+    assert "expected the run's 2 classes in order: ['cat', 'dog']" in capsys.readouterr().err
     assert cli.main(["predict", "--run", str(out), str(tmp_path / "data/images/train/im0.jpg"), "--output",
                      str(tmp_path / "pred"), "--quiet"]) == 0
     assert (tmp_path / "pred/im0_instances.json").exists()

@@ -587,7 +587,7 @@ def load_model_file(run_dir, path, cls, expected):
 
 
 def evaluate_instance_run(run_dir, model_path=None, coco_json=None, images=None, label_maps=None, output=None,
-                          batch_size=4, verbose=1):
+                          batch_size=4, verbose=1, yolo_data=None):
     """COCO AP of a run's model on its validation set (or on other COCO / label-map data).
 
     Args:
@@ -595,6 +595,7 @@ def evaluate_instance_run(run_dir, model_path=None, coco_json=None, images=None,
         model_path: default best.keras.
         coco_json, images: evaluate on this COCO JSON and image folder instead; or
         label_maps, images: on these instance label maps and images.
+        yolo_data: on the val split of this YOLO data.yaml (its names must be the run's classes).
         output: the JSON report, default `run_dir`/evaluation.json.
         batch_size: images per forward pass.
 
@@ -603,10 +604,17 @@ def evaluate_instance_run(run_dir, model_path=None, coco_json=None, images=None,
     """
     run = load_instance_run(run_dir)
     spec, categories = run["data"], run["categories"]
+    if yolo_data and (coco_json or label_maps or images):
+        raise ValueError("--yolo-data names its own images and labels: expected no --images, --coco-json or --label-maps")
     if bool(coco_json or label_maps) != bool(images) or (coco_json and label_maps):
         raise ValueError("evaluating on other data needs --images with one of --coco-json or --label-maps; got "
                          f"--images {images}, --coco-json {coco_json}, --label-maps {label_maps}")
-    if coco_json:
+    if yolo_data:
+        examples, found = read_yolo_data(yolo_data, "val")
+        if [c["name"] for c in found] != [c["name"] for c in categories]:
+            raise ValueError(f"{yolo_data}: names {[c['name'] for c in found][:8]} ({len(found)}), expected the run's "
+                             f"{len(categories)} classes in order: {[c['name'] for c in categories][:8]}")
+    elif coco_json:
         examples, _ = read_coco_instances(coco_json, images, category_names=[c["name"] for c in categories],
                                           include_crowd=True)
     elif label_maps:
