@@ -310,3 +310,13 @@ def test_full_size_matches_torchvision_live(tmp_path):
                 assert errors["count"][0] == errors["count"][1] and not errors["unmatched"], row
                 assert errors["box_error"] <= BOX_TOLERANCE and errors["score_error"] <= SCORE_TOLERANCE, row
                 assert errors["min_mask_iou"] >= MIN_MASK_IOU, row
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_config_round_trip_and_keras_file(reduced, tmp_path):
+    from tests.testing import check_config_round_trip, check_save_reload
+
+    model, image, _ = reduced[0]
+    check_config_round_trip(model)
+    check_save_reload(model, image[None].astype(np.float32), tmp_path)

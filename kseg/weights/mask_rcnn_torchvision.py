@@ -167,7 +167,8 @@ def mask_rcnn_from_torchvision(path, image_size, **kwargs):
         path: a state dict file (.pth / .pt / .safetensors / .npz), e.g. torchvision's
             maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth.
         image_size: (H, W) of the images the model will take.
-        **kwargs: more TorchvisionMaskRCNN arguments (num_classes defaults to 90).
+        **kwargs: more TorchvisionMaskRCNN arguments; num_classes defaults to the checkpoint's
+            (its class-score rows less the background: 90 for COCO).
 
     Returns:
         the model.
@@ -175,7 +176,11 @@ def mask_rcnn_from_torchvision(path, image_size, **kwargs):
     from kseg.models.mask_rcnn.torchvision_mask_rcnn import TorchvisionMaskRCNN
     from kseg.weights import read_state_dict
 
-    return load_torchvision_mask_rcnn(TorchvisionMaskRCNN(image_size, **kwargs), read_state_dict(path))
+    state_dict = read_state_dict(path)
+    scores = state_dict.get("roi_heads.box_predictor.cls_score.weight")
+    if "num_classes" not in kwargs and scores is not None:
+        kwargs["num_classes"] = int(np.shape(scores)[0]) - 1
+    return load_torchvision_mask_rcnn(TorchvisionMaskRCNN(image_size, **kwargs), state_dict)
 
 
 def _delta_rows(groups, first):
