@@ -1,6 +1,7 @@
 """export.arm64: refused configurations, agreement rules, the plugin's log, and (marked `arm64`)
 the ISBI U-Net's four variants and a Mask R-CNN on emulated cortex-a76 and cortex-a53 cores."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -271,3 +272,53 @@ def test_unet_variants_and_a_detector_agree_with_x86_on_emulated_arm_cores(expor
     assert a76 < 0.6 * a53, (a76, a53)
     ratio = {r["cpu"]: r["fp32_over_int8"] for r in report["ratios"] if r["family"] == "unet"}
     assert ratio["cortex-a76"] > 1.5, ratio
+
+
+# ----------------------------------------------------------------------------- the instruction-count guard
+
+
+def _guard():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import arm64_insn_guard
+
+    return arm64_insn_guard
+
+
+def test_the_guard_fails_on_an_increase_over_five_percent():
+    guard = _guard()
+    base = {"unet_int8.tflite@cortex-a76": 1000.0, "unet_fp32.tflite@cortex-a76": 3000.0}
+    rows, failed = guard.compare(base, {"unet_int8.tflite@cortex-a76": 1049.0, "unet_fp32.tflite@cortex-a76": 3000.0}, 0.05)
+    assert not failed and [r[4] for r in rows] == ["ok", "ok"]
+    rows, failed = guard.compare(base, {"unet_int8.tflite@cortex-a76": 1051.0, "unet_fp32.tflite@cortex-a76": 2000.0}, 0.05)
+    assert failed and {r[0]: r[4] for r in rows} == {"unet_int8.tflite@cortex-a76": "REGRESSION",
+                                                    "unet_fp32.tflite@cortex-a76": "improved"}
+    _, failed = guard.compare(base, {"unet_int8.tflite@cortex-a76": 1000.0}, 0.05)
+    assert failed  # a count that is no longer measured fails too
+
+
+def test_the_guard_records_and_checks_a_baseline_from_a_report(tmp_path):
+    guard = _guard()
+
+    def report(count, agree=True):
+        row = {"model": "unet_int8.tflite", "cpu": "cortex-a76", "agree": agree, "error": None, "insn_per_inference": count}
+        return {"rows": [row], "qemu": "7.2.22", "root": {"packages": {"ai-edge-litert": "2.3.0"}},
+                "settings": {"size": 64, "detector_size": 64, "seed": 0, "detector": True, "threads": 1},
+                "model_sha256": {"unet_int8.tflite": "ab"}}
+
+    paths = {}
+    for name, content in (("base", report(1000.0)), ("same", report(1040.0)), ("worse", report(1060.0)),
+                          ("wrong", report(1000.0, agree=False))):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(content))
+    baseline = tmp_path / "baseline.json"
+    common = ["--baseline", str(baseline)]
+    assert guard.main(["--report", str(paths["base"])] + common) == guard.EXIT_BAD_INPUT  # no baseline yet
+    assert guard.main(["--update", "--report", str(paths["wrong"])] + common) == guard.EXIT_REGRESSION
+    assert guard.main(["--update", "--report", str(paths["base"])] + common) == guard.EXIT_OK
+    assert guard.main(["--report", str(paths["same"])] + common) == guard.EXIT_OK
+    assert guard.main(["--report", str(paths["worse"])] + common) == guard.EXIT_REGRESSION
+    other = report(1000.0)
+    other["settings"]["size"] = 128  # counts at another input size are not comparable
+    paths["other"] = tmp_path / "other.json"
+    paths["other"].write_text(json.dumps(other))
+    assert guard.main(["--report", str(paths["other"])] + common) == guard.EXIT_BAD_INPUT
