@@ -139,6 +139,15 @@ def test_unreadable_image_and_labels_without_images(tmp_path):
         read_yolo_data(yaml_path)
 
 
+def test_an_exif_rotated_image_is_refused(tmp_path):
+    yaml_path = write_set(tmp_path, {"a": RECTANGLE})
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    Image.open(tmp_path / "images/train/a.jpg").save(tmp_path / "images/train/a.jpg", exif=exif)
+    with pytest.raises(DataError, match=r"a.jpg: EXIF orientation 6, expected 1 \(no rotation\)"):
+        read_yolo_data(yaml_path)
+
+
 def test_label_path_follows_ultralytics():
     assert label_path_of("/d/images/train/x.jpg") == "/d/labels/train/x.txt"
     assert label_path_of("/images/d/images/val/y.PNG") == "/images/d/labels/val/y.txt"

@@ -32,13 +32,14 @@ IMAGE_EXTS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val")
 COORD_TOLERANCE = 1e-3  # normalized coordinates up to this far outside [0, 1] are clipped, not rejected
 _SHOW = 5  # how many files an error message lists
+_EXIF_ORIENTATION = 0x0112
 
 
 def read_yolo_data(yaml_path, split="train"):
     """Reads one split of an Ultralytics YOLO segmentation data set.
 
     Everything except pixel values is checked here, for the whole split, before anything is
-    returned: the yaml's keys; every image's header (readable, its size); every label
+    returned: the yaml's keys; every image's header (readable, its size, no EXIF rotation); every label
     file and line (class id in 0..K-1, an even count of >= 6 finite coordinates, each in
     [0, 1] up to `COORD_TOLERANCE`, clipped to it). Label files of the split's `labels/`
     folders without an image are left out with one UserWarning naming them (Ultralytics'
@@ -193,8 +194,13 @@ def _image_size(path):
     try:
         with Image.open(path) as opened:  # the header only
             width, height = opened.size
+            orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception as err:  # not an image, truncated header, ...
         raise DataError(f"{path}: cannot read the image: {type(err).__name__}: {err}") from None
+    if orientation not in (None, 1):  # Ultralytics labels the rotated view; kseg reads the stored pixels
+        raise DataError(f"{path}: EXIF orientation {orientation}, expected 1 (no rotation): YOLO polygons are drawn "
+                        "on the image as displayed, kseg reads the pixels as stored; save the image upright first "
+                        "(PIL.ImageOps.exif_transpose)")
     return int(height), int(width)
 
 
