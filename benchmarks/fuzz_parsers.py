@@ -56,9 +56,18 @@ def main():
     targets = {name: TARGETS[name] for name in args.targets}
     worker = Worker(memory_gb=args.memory_gb)
     start = time.perf_counter()
+    command = "python benchmarks/fuzz_parsers.py " + " ".join(sys.argv[1:])
+
+    def save(results, complete=False):
+        totals = {k: sum(row[k] for row in results.values()) for k in ("inputs", *OUTCOMES)}
+        return write_results(args.name, {"command": command.strip(), "seed": args.seed, "memory_gb": args.memory_gb,
+                                         "complete": complete, "seconds": round(time.perf_counter() - start, 1),
+                                         "totals": totals, "parsers": results,
+                                         "what": {n: TARGETS[n].what for n in results}})
+
     try:
         results = fuzz(targets, counts, seed=args.seed, worker=worker, keep_crashes=args.keep_crashes,
-                       progress=lambda total: ProgressBar(total=total, desc="fuzz"))
+                       progress=lambda total: ProgressBar(total=total, desc="fuzz"), done=save)
     finally:
         worker.close()
     rows = [{"parser": name, **{k: row[k] for k in ("inputs", *OUTCOMES, "seconds")},
@@ -70,11 +79,7 @@ def main():
             print(f"  {name} crash x{n}: {kind}")
         for note, n in row.get("notes", {}).items():
             print(f"  {name} handled x{n}: {note}")
-    command = "python benchmarks/fuzz_parsers.py " + " ".join(sys.argv[1:])
-    path = write_results(args.name, {"command": command.strip(), "seed": args.seed, "memory_gb": args.memory_gb,
-                                     "seconds": round(time.perf_counter() - start, 1), "totals": totals,
-                                     "parsers": results, "what": {n: TARGETS[n].what for n in results}})
-    print(f"results: {path}")
+    print(f"results: {save(results, complete=True)}")
     return 1 if totals["crash"] else 0
 
 

@@ -174,7 +174,7 @@ class Worker:
 # ----------------------------------------------------------------------------- the loop
 
 
-def fuzz(targets, counts, seed=0, worker=None, progress=None, keep_crashes=None, seed_timeout=300.0):
+def fuzz(targets, counts, seed=0, worker=None, progress=None, keep_crashes=None, seed_timeout=300.0, done=None):
     """Feeds `counts[name]` generated inputs to each target; returns the counts by outcome.
 
     Args:
@@ -185,6 +185,7 @@ def fuzz(targets, counts, seed=0, worker=None, progress=None, keep_crashes=None,
         progress: fn(total) -> object with update() and close() (a progress bar), or None.
         keep_crashes: folder to copy each crashing input's files into, or None.
         seed_timeout: seconds the worker may take to make one target's seeds.
+        done: fn(results so far) called after each target (to save partial results), or None.
 
     Returns:
         {name: {"inputs", "handled", "clear", "crash", "seconds", "crashes": [{"case", "detail"}]
@@ -229,6 +230,8 @@ def fuzz(targets, counts, seed=0, worker=None, progress=None, keep_crashes=None,
                     bar.update()
             row["seconds"] = round(time.perf_counter() - start, 1)
             results[name] = row
+            if done:
+                done(results)
     finally:
         if bar:
             bar.close()

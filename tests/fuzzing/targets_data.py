@@ -402,7 +402,11 @@ def _yaml_tree_mutated(rng, text):
 
     from tests.fuzzing.mutators import mutate_tree
 
-    return json.dumps(mutate_tree(rng, yaml.safe_load(text)), allow_nan=True).encode("utf-8")
+    try:
+        tree = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError):  # already mutated as bytes in this case
+        return mutate_bytes(rng, text)
+    return json.dumps(mutate_tree(rng, tree), allow_nan=True).encode("utf-8")
 
 
 def _parse_yolo(case):
