@@ -17,7 +17,7 @@
 //   foreground   that detection's mask probability; where none, the largest mask probability of
 //                any kept detection (below the threshold), so blur and replace get soft edges
 
-import { isWebGPUSupported, loadAndCompile, loadLiteRt, Tensor } from '@litertjs/core';
+import { getGlobalLiteRt, isWebGPUSupported, loadAndCompile, loadLiteRt, Tensor } from '@litertjs/core';
 import { FilesetResolver, ImageSegmenter } from '@mediapipe/tasks-vision';
 
 const BASE = import.meta.env.BASE_URL;
@@ -30,6 +30,15 @@ export function initLiteRt() {
     liteRtReady = loadLiteRt(`${BASE}vendor/litert/`, { threads }).then(() => ({ threads }));
   }
   return liteRtReady;
+}
+
+/** Bytes of LiteRT.js's WASM memory (it only grows), or null before the runtime is loaded. */
+export function liteRtHeapBytes() {
+  try {
+    return getGlobalLiteRt().liteRtWasm.HEAPU8.length;
+  } catch {
+    return null;
+  }
 }
 
 export function webGpuAvailable() {

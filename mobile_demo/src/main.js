@@ -2,7 +2,7 @@
 // URL parameters pick the start state, e.g. ?model=isbi_unet_int8&runtime=litert&accelerator=webgpu
 // &effect=replace&source=image. `window.ksegDemo` exposes the state to tests and the console.
 
-import { createSegmenter } from './engine.js';
+import { createSegmenter, liteRtHeapBytes } from './engine.js';
 import { drawEffect, EFFECTS, effectsFor, instanceColor, instanceText } from './effects.js';
 
 const BASE = import.meta.env.BASE_URL;
@@ -33,7 +33,9 @@ const state = {
   frameTimes: [],
   instances: null, // the last frame's instance count (instance models), else null
   captureRequests: [],
+  timingLog: null, // while recording (ksegDemo.recordTimings): [time, inference ms, frame ms] per frame
 };
+const TIMING_LOG_MAX = 100000; // frames kept between two takeTimings() calls; later ones are counted, not kept
 
 // An instance model's HUD line ("3 instances"); hidden for semantic models.
 const hudInstances = document.createElement('div');
@@ -329,6 +331,10 @@ async function processFrame() {
     if (list.length > 30) list.shift();
   }
   const now = performance.now();
+  if (state.timingLog) {
+    if (state.timingLog.length < TIMING_LOG_MAX) state.timingLog.push([performance.timeOrigin + now, segmentation.ms, now - started]);
+    else state.timingLog.dropped += 1;
+  }
   state.frameTimes.push(now);
   while (state.frameTimes.length > 2 && now - state.frameTimes[0] > 2000) state.frameTimes.shift();
   state.instances = segmentation.instances ? segmentation.instances.length : null;
@@ -428,6 +434,17 @@ window.ksegDemo = {
     } finally {
       segmenter.delete();
     }
+  },
+  liteRtHeapBytes,
+  /** Starts (true) or stops keeping each frame's [epoch ms, inference ms, frame ms] for takeTimings(). */
+  recordTimings(on = true) {
+    state.timingLog = on ? Object.assign([], { dropped: 0 }) : null;
+  },
+  /** The frames' timings kept since the last call ({timings, dropped}); the log starts empty again. */
+  takeTimings() {
+    const log = state.timingLog ?? Object.assign([], { dropped: 0 });
+    if (state.timingLog) state.timingLog = Object.assign([], { dropped: 0 });
+    return { timings: log, dropped: log.dropped };
   },
   setEffect(effect) {
     if (!EFFECTS.includes(effect)) throw new Error(`effect ${effect}: expected one of ${EFFECTS}`);

@@ -14,6 +14,8 @@
 //   {"upload": "#model-file", "file": path}      pick a file in a file input
 //   {"stats": "key"}                             the HUD's figures, its text and the legend's chips
 //   {"measure": "key", "seconds": s}             frames and inference times over s seconds
+//   {"soak": "key", "seconds": s, "interval": i} every i s for s s: the frames' timings since the
+//                                                last sample and the JS heap after a forced GC
 //   {"screenshot": path}
 import { readFileSync, writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
@@ -31,6 +33,31 @@ if (plan.video) args.push(`--use-file-for-fake-video-capture=${plan.video}`);
 if (plan.webgpu) args.push('--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader', '--enable-features=Vulkan');
 
 const result = { console: [], pageErrors: [] };
+
+// Runs the page for `seconds`, sampling every `interval` s: the frames' [epoch ms, inference ms,
+// frame ms] since the last sample (ksegDemo.takeTimings), V8's heap after a full GC (CDP) and
+// the size of LiteRT.js's WASM memory.
+async function soak(context, page, seconds, interval) {
+  const cdp = await context.newCDPSession(page);
+  await page.evaluate(() => window.ksegDemo.recordTimings(true));
+  const samples = [], timings = [];
+  let dropped = 0;
+  const end = Date.now() + seconds * 1000;
+  while (Date.now() < end) {
+    await page.waitForTimeout(Math.min(interval * 1000, Math.max(0, end - Date.now())));
+    const got = await page.evaluate(() => ({
+      ...window.ksegDemo.takeTimings(), frames: window.ksegDemo.stats().frames, wasm: window.ksegDemo.liteRtHeapBytes(),
+    }));
+    for (const t of got.timings) timings.push(t);
+    dropped += got.dropped;
+    await cdp.send('HeapProfiler.collectGarbage');
+    const heap = await cdp.send('Runtime.getHeapUsage');
+    samples.push({ t: Date.now(), frames: got.frames, heapUsed: heap.usedSize, heapTotal: heap.totalSize, wasmHeap: got.wasm });
+  }
+  await page.evaluate(() => window.ksegDemo.recordTimings(false));
+  await cdp.detach();
+  return { samples, timings, dropped };
+}
 const browser = await chromium.launch({ executablePath: plan.chromium ?? '/usr/bin/chromium', headless: true, args });
 try {
   const context = await browser.newContext({ viewport: plan.viewport ?? { width: 390, height: 844 }, hasTouch: true });
@@ -87,6 +114,8 @@ try {
         const s = window.ksegDemo.stats();
         return { frames: s.frames - start, seconds: (performance.now() - t0) / 1000, stats: s };
       }, step.seconds);
+    } else if (step.soak) {
+      result[step.soak] = await soak(context, page, step.seconds, step.interval ?? 10);
     } else if (step.screenshot) {
       await page.screenshot({ path: step.screenshot, fullPage: true });
     } else {
