@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 PATHS = ("runner-cpu", "runner-gpu", "video", "page")
 MODEL_SIZE = 256
 GPU_SIZE = 64  # the GPU soak's input side (see export_site)
+GPU_MAX_S = 1500.0  # the GPU soak's time budget: SwiftShader emulates the GPU on the CPU, slowly
 VIDEO_SIZE = (360, 480)  # H, W: the fake camera's and the clip's frames, as in tests/test_mobile_demo.py
 WARMUP_FRACTION = 0.05
 P99_RATIO = 1.5
@@ -230,11 +231,12 @@ def camera_frames(count=8, size=VIDEO_SIZE):
     return frames
 
 
-def runner_loop(model, accelerator, frames, threads=2):
-    """Runs `model` on `frames` inputs in this process (meant for runtime.in_subprocess).
+def runner_loop(model, accelerator, frames, threads=2, max_seconds=None):
+    """Runs `model` on `frames` inputs in this process (meant for runtime.in_subprocess), or fewer
+    when `max_seconds` (default: GPU_MAX_S on the GPU path, no limit on the CPU) runs out first.
 
     Returns:
-        {"t": float64 [frames] end of each frame (time.time), "latency_ms": float32 [frames],
+        {"t": float64 [frames run] end of each frame (time.time), "latency_ms": float32 [frames run],
          "cpu_ms": float32 [frames] the process's CPU time in each frame (all threads),
          "rss": (the same times, MB after each frame), "fully_accelerated": bool}.
     """
@@ -242,6 +244,8 @@ def runner_loop(model, accelerator, frames, threads=2):
 
     if accelerator == "gpu":
         runtime.enable_gpu_emulation()
+        max_seconds = GPU_MAX_S if max_seconds is None else max_seconds
+    deadline = time.time() + max_seconds if max_seconds is not None else float("inf")
     ends = np.zeros(frames, np.float64)  # allocated up front: the loop itself allocates nothing that stays
     latency, cpu, rss = (np.zeros(frames, np.float32) for _ in range(3))
     with runtime.Runner(model, accelerator=accelerator, num_threads=threads) as runner:
@@ -255,15 +259,19 @@ def runner_loop(model, accelerator, frames, threads=2):
             cpu[i] = (time.process_time() - start_cpu) * 1000.0
             ends[i] = time.time()
             rss[i] = rss_mb()  # /proc/self/statm: microseconds
+            if ends[i] > deadline:
+                frames = i + 1
+                break
         fully = runner.fully_accelerated
+    ends, latency, cpu, rss = ends[:frames], latency[:frames], cpu[:frames], rss[:frames]
     return {"t": ends, "latency_ms": latency, "cpu_ms": cpu, "rss": (ends, rss), "fully_accelerated": fully}
 
 
-def soak_runner(model, accelerator, frames, window_s, threads=2):
+def soak_runner(model, accelerator, frames, window_s, threads=2, max_seconds=None):
     """`runner_loop` in a fresh child process; returns (analysis, series for the chart)."""
     from export import runtime
 
-    run = runtime.in_subprocess(runner_loop, str(model), accelerator, frames, threads, timeout=None)
+    run = runtime.in_subprocess(runner_loop, str(model), accelerator, frames, threads, max_seconds, timeout=None)
     result = analyse(run["t"], run["latency_ms"], {"rss": run["rss"]}, window_s, cpu_ms=run["cpu_ms"])
     result["fully_accelerated"] = run["fully_accelerated"]
     return result, {"t": run["t"], "latency_ms": run["latency_ms"], "memory": {"rss": run["rss"]}}
@@ -436,6 +444,8 @@ def main(argv=None):
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, of {', '.join(PATHS)}")
     parser.add_argument("--runner-frames", type=int, default=10000)
     parser.add_argument("--gpu-frames", type=int, default=10000)
+    parser.add_argument("--gpu-seconds", type=float, default=GPU_MAX_S,
+                        help=f"the GPU soak stops after this long if its frames are not done (default {GPU_MAX_S:.0f})")
     parser.add_argument("--video-frames", type=int, default=10000)
     parser.add_argument("--page-seconds", type=float, default=600.0)
     parser.add_argument("--page-warmup-s", type=float, default=PAGE_WARMUP_S,
@@ -450,7 +460,7 @@ def main(argv=None):
     if unknown:
         parser.error(f"--paths: unknown {unknown}; expected some of {', '.join(PATHS)}")
 
-    from benchmarks.common import RESULTS, print_table, write_results
+    from benchmarks.common import print_table
     from export import webdemo
 
     work = Path(args.work or tempfile.mkdtemp(prefix="kseg-soak-"))
@@ -458,13 +468,15 @@ def main(argv=None):
     site = export_site(work)
     command = " ".join(["python3", "benchmarks/soak.py", *(argv if argv is not None else sys.argv[1:])])
     results, series = {}, {}
+    requested = {"runner-cpu": args.runner_frames, "runner-gpu": args.gpu_frames, "video": args.video_frames}
     for name in paths:
         started = time.time()
         print(f"{name}: starting", flush=True)
         if name == "runner-cpu":
             results[name], series[name] = soak_runner(site["model"], "cpu", args.runner_frames, args.window_s, args.threads)
         elif name == "runner-gpu":
-            results[name], series[name] = soak_runner(site["gpu_model"], "gpu", args.gpu_frames, args.window_s, args.threads)
+            results[name], series[name] = soak_runner(site["gpu_model"], "gpu", args.gpu_frames, args.window_s, args.threads,
+                                                          args.gpu_seconds)
         elif name == "video":
             results[name], series[name] = soak_video(site["model"], args.video_frames, args.window_s, work, args.threads)
         else:
@@ -477,23 +489,32 @@ def main(argv=None):
         t0 = series[name]["t"][0]
         results[name]["memory_series"] = {k: thinned(np.asarray(mt) - t0, mb) for k, (mt, mb) in series[name]["memory"].items()}
         results[name]["command"] = command
+        if name in requested:
+            results[name]["frames_requested"] = requested[name]
         print(f"{name}: {results[name]['frames']} frames in {time.time() - started:.0f} s", flush=True)
         print_table(table_rows({name: results[name]}), list(table_rows({name: results[name]})[0]))
-    # Paths run before (another command into the same results file) are kept, in PATHS order.
+        everything = save(args, results)  # after each path: a later one that fails loses nothing
+    print_table(table_rows(everything), list(table_rows(everything)[0]))
+    return 0 if all(r["passed"] for r in everything.values()) else 1
+
+
+def save(args, results):
+    """Writes benchmarks/results/NAME.json and .png with `results` and the paths a previous command
+    wrote there (each path keeps the command that ran it); returns all of them, in PATHS order."""
+    from benchmarks.common import RESULTS, write_results
+
     previous = RESULTS / f"{args.name}.json"
     kept = json.loads(previous.read_text())["results"] if previous.exists() else {}
     results = {p: results.get(p, kept.get(p)) for p in PATHS if p in results or p in kept}
-    rows = table_rows(results)
-    print_table(rows, list(rows[0]))
     png = chart(results, RESULTS / f"{args.name}.png")
-    out = write_results(args.name, {
-        "model": "ISBI U-Net (tests.testing.trained_isbi_unet), fp32 TFLite, 256x256x3",
-        "bounds": {"warmup_fraction": WARMUP_FRACTION, "page_warmup_s": args.page_warmup_s, "p99_ratio": P99_RATIO, "growth_mb": BOUNDS_MB,
-                   "window_s": args.window_s},
-        "results": results, "table": rows, "chart": str(png.relative_to(ROOT)),
+    write_results(args.name, {
+        "model": f"ISBI U-Net (tests.testing.trained_isbi_unet), fp32 TFLite, {MODEL_SIZE}x{MODEL_SIZE}x3 "
+                 f"({GPU_SIZE}x{GPU_SIZE}x3 for runner-gpu)",
+        "bounds": {"warmup_fraction": WARMUP_FRACTION, "page_warmup_s": args.page_warmup_s, "p99_ratio": P99_RATIO,
+                   "growth_mb": BOUNDS_MB, "window_s": args.window_s},
+        "results": results, "table": table_rows(results), "chart": str(png.relative_to(ROOT)),
     })
-    print(f"wrote {out} and {png}")
-    return 0 if all(r["passed"] for r in results.values()) else 1
+    return results
 
 
 if __name__ == "__main__":
