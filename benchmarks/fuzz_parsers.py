@@ -10,16 +10,18 @@ Writes benchmarks/results/fuzz_parsers.json and prints a table of parser x outco
     python benchmarks/fuzz_parsers.py                       # the default counts (tests/fuzzing/targets.py)
     python benchmarks/fuzz_parsers.py --count 500 --seed 1  # 500 inputs per parser
     python benchmarks/fuzz_parsers.py --targets y4m tflite --counts tflite=2000 --keep-crashes /tmp/crashes
+    python benchmarks/fuzz_parsers.py --targets coco_panoptic --merge     # rerun one parser, keep the others' rows
 
 An input is reproduced by its parser, --seed and case index (inputs are drawn in order
 from random.Random(f"{seed}:{parser}")).
 """
 
 import argparse
+import json
 import sys
 import time
 
-from common import ROOT, print_table, write_results
+from common import RESULTS, ROOT, print_table, write_results
 
 sys.path.insert(0, str(ROOT))
 
@@ -39,6 +41,11 @@ def parse_counts(items):
     return counts
 
 
+def _in_order(results):
+    """`results` in the order of TARGETS."""
+    return {name: results[name] for name in TARGETS if name in results}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS), metavar="PARSER",
@@ -49,6 +56,9 @@ def main():
     parser.add_argument("--memory-gb", type=float, default=6.0, help="address-space limit of the parsing child")
     parser.add_argument("--keep-crashes", metavar="DIR", help="copy every crashing input's files here")
     parser.add_argument("--name", default="fuzz_parsers", help="results file name (default: fuzz_parsers)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other parsers' rows of an earlier results file (each parser's inputs depend "
+                             "only on --seed and its count, so a rerun of one parser replaces its row exactly)")
     args = parser.parse_args()
 
     counts = {name: args.count if args.count is not None else BENCHMARK_COUNTS[name] for name in args.targets}
@@ -58,7 +68,15 @@ def main():
     start = time.perf_counter()
     command = "python benchmarks/fuzz_parsers.py " + " ".join(sys.argv[1:])
 
+    earlier = {}
+    if args.merge and (RESULTS / f"{args.name}.json").exists():
+        earlier = json.loads((RESULTS / f"{args.name}.json").read_text())["parsers"]
+
     def save(results, complete=False):
+        for name in targets:  # the parsers this command ran
+            if name in results:
+                results[name].update(command=command.strip(), seed=args.seed)
+        results = _in_order({**earlier, **results})
         totals = {k: sum(row[k] for row in results.values()) for k in ("inputs", *OUTCOMES)}
         return write_results(args.name, {"command": command.strip(), "seed": args.seed, "memory_gb": args.memory_gb,
                                          "complete": complete, "seconds": round(time.perf_counter() - start, 1),
@@ -70,6 +88,7 @@ def main():
                        progress=lambda total: ProgressBar(total=total, desc="fuzz"), done=save)
     finally:
         worker.close()
+    results = _in_order({**earlier, **results})
     rows = [{"parser": name, **{k: row[k] for k in ("inputs", *OUTCOMES, "seconds")},
              "what": TARGETS[name].what} for name, row in results.items()]
     totals = {k: sum(r[k] for r in rows) for k in ("inputs", *OUTCOMES)}
@@ -79,7 +98,7 @@ def main():
             print(f"  {name} crash x{n}: {kind}")
         for note, n in row.get("notes", {}).items():
             print(f"  {name} handled x{n}: {note}")
-    print(f"results: {save(results, complete=True)}")
+    print(f"results: {save(results, complete=set(results) == set(TARGETS))}")
     return 1 if totals["crash"] else 0
 
 

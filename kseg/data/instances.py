@@ -25,6 +25,7 @@ as above with a leading B. Every shape is static (drop_remainder=True).
 
 import collections.abc
 import json
+import math
 import os
 import warnings
 
@@ -273,8 +274,7 @@ def _annotation_rle(where, segmentation, h, w):
     if isinstance(segmentation, list):
         polygons = []
         for k, poly in enumerate(segmentation):
-            ok = isinstance(poly, (list, tuple)) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in poly)
+            ok = isinstance(poly, (list, tuple)) and all(_finite(v) for v in poly)
             if not ok or len(poly) < 6 or len(poly) % 2:
                 seen = f"{len(poly)} coordinates" if isinstance(poly, (list, tuple)) else type(poly).__name__
                 raise DataError(f"{where}: polygon {k} has {seen} ({str(poly)[:60]}), expected an even number >= 6 "
@@ -312,10 +312,19 @@ def _annotation_bbox(where, bbox):
     """A COCO [x, y, w, h] as floats; (0, 0, 0, 0) when absent."""
     if bbox is None:
         return 0.0, 0.0, 0.0, 0.0
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
-            isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)):
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
         raise DataError(f"{where}: bbox {str(bbox)[:60]}, expected [x, y, width, height] finite numbers")
     return tuple(float(v) for v in bbox)
+
+
+def _finite(value):
+    """A JSON number that is a finite float (not a bool, NaN, an infinity or an int past float's range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int of more than 308 digits
+        return False
 
 
 def _hashable(value):

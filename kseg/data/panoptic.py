@@ -268,6 +268,14 @@ def _images(json_path, records, image_dir):
         if missing:
             raise DataError(f"{json_path}: images[{i}] lacks field(s) {', '.join(missing)}, expected id, file_name, "
                             "height and width")
+        for key, ok, expected in [
+            ("id", _is_int(img["id"]) or isinstance(img["id"], str), "an int or a string"),
+            ("file_name", isinstance(img["file_name"], str) and img["file_name"] != "", "a non-empty string"),
+            ("height", _is_int(img["height"]) and img["height"] >= 1, "an int >= 1"),
+            ("width", _is_int(img["width"]) and img["width"] >= 1, "an int >= 1"),
+        ]:
+            if not ok:
+                raise DataError(f"{json_path}: images[{i}] has {key} {str(img[key])[:60]!r}, expected {expected}")
         if img["id"] in images:
             raise DataError(f"{json_path}: images[{i}] repeats image id {img['id']!r}, expected unique ids")
         images[img["id"]] = {"height": img["height"], "width": img["width"], "image_file_name": img["file_name"]}

@@ -78,6 +78,7 @@ def check_tf_config():
                          f"{_TF_CONFIG_FORM} on every worker (`kseg launch -n N -- train ...` sets it for N local "
                          "workers)")
     try:
+        text.encode("utf-8")  # bytes that are not UTF-8 reach Python as surrogates TensorFlow cannot encode
         config = json.loads(text)
     except (ValueError, RecursionError) as err:  # RecursionError: nested deeper than Python's stack
         raise ValueError(f"TF_CONFIG {text[:200]!r} is not JSON ({type(err).__name__}: {err}); expected "

@@ -129,8 +129,9 @@ class Worker:
     def _start(self):
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child, self.targets_module, self.memory_gb, self.log_path),
-                                   daemon=True)
+        # Not a daemon: daemonic processes may not start children, and `kseg bench` runs each
+        # configuration in one. The child exits when the pipe closes (the parent ended).
+        self.process = ctx.Process(target=_serve, args=(child, self.targets_module, self.memory_gb, self.log_path))
         self.process.start()
         child.close()
 

@@ -68,7 +68,7 @@ def _parse_run(case):
 
 
 def _is_int(value, low):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
 
 
 def _check_semantic(spec):
@@ -88,7 +88,7 @@ def _check_semantic(spec):
     assert spec.class_names is None or all(isinstance(n, str) for n in spec.class_names), "class_names"
     assert isinstance(spec.val_fraction, (int, float)) and 0 < spec.val_fraction < 1, \
         f"val_fraction {spec.val_fraction!r}"
-    assert _is_int(spec.split_seed, -(2**63)), f"split_seed {spec.split_seed!r}"
+    assert _is_int(spec.split_seed, None), f"split_seed {spec.split_seed!r}"  # any int: it is hashed
 
 
 def _check_categories(run):
