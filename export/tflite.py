@@ -146,7 +146,8 @@ def convert(model, image_size=None, allow_flex=False, optimizations=None, suppor
     return _convert(converter)
 
 
-def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", allow_flex=False):
+def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", allow_flex=False,
+                    float_fallback=False, float_ops=()):
     """Converts a batch-1 model (from `device_model`) to one of VARIANTS.
 
     Args:
@@ -160,6 +161,11 @@ def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", 
             (quantized I/O; a uint8-input graph keeps its uint8 input) or "float32"
             (quantize/dequantize inside the graph). Integer outputs (class maps) stay int32.
         allow_flex: also allow select-TF (Flex) ops.
+        float_fallback: for "int8", let ops without an int8 kernel (NMS, casts, integer
+            index arithmetic) stay float instead of failing; every op with one is integer.
+        float_ops: for "int8", TFLite op names (e.g. "EXP") kept float although an int8 kernel
+            exists: the part of a graph where 8-bit activations cost accuracy (see
+            `DETECTOR_FLOAT_OPS`). Implies float_fallback.
 
     Returns:
         The `.tflite` file content (bytes).
@@ -186,6 +192,7 @@ def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([s.astype(dtype)] for s in samples)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + (
+            [tf.lite.OpsSet.TFLITE_BUILTINS] if float_fallback or float_ops else []) + (
             [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex else []
         )
         io_type = tf.uint8 if int8_io == "uint8" else tf.float32
@@ -193,7 +200,22 @@ def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", 
             converter.inference_input_type = io_type
         if all(o.dtype == "float32" for o in fixed_model.outputs):
             converter.inference_output_type = io_type
+        if float_ops:
+            if int8_io != "float32":
+                raise ValueError(f"float_ops {list(float_ops)} keep float32 inputs and outputs; got int8_io="
+                                 f"{int8_io!r}, expected 'float32'.")
+            return _selective_int8(converter, samples, dtype, float_ops)
     return _convert(converter)
+
+
+def _selective_int8(converter, samples, dtype, float_ops):
+    """Full-integer conversion with the ops named in `float_ops` left float (TFLite's
+    quantization debugger builds the model with those ops denylisted)."""
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
+    with contextlib.redirect_stdout(io.StringIO()):
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=lambda: ([s.astype(dtype)] for s in samples), debug_options=options)
+        return debugger.get_nondebug_quantized_model()
 
 
 def _converter(fixed_model, allow_flex):
@@ -231,12 +253,20 @@ def run(tflite_model, image, num_threads=2):
         return runner.run(np.asarray(image, dtype=runner.inputs[0]["dtype"]))[0]
 
 
-def detector_tflite(model):
-    """A kseg MaskRCNN (or TorchvisionMaskRCNN), PanopticFPN or MaskFormer as builtin-op fp32 TFLite bytes, batch 1.
+# TFLite op names that a detector's int8 variant keeps float although they have an int8 kernel
+# (`convert_variant(float_ops=...)`). None by default: every op with an int8 kernel computes in
+# integers, box decoding and mask pasting included; the ops without one (NMS, casts, integer
+# index arithmetic) stay float. benchmarks/detector_variants.py measures what this costs.
+DETECTOR_FLOAT_OPS = ()
+
+
+def detector_model(model):
+    """A kseg MaskRCNN (or TorchvisionMaskRCNN), PanopticFPN or MaskFormer as the batch-1 Keras
+    model that is converted: float32 image [1, H, W, 3] named "image" in, the detector's output
+    dict out.
 
     A Mask R-CNN graph is `model`'s rebuilt with `roi_align_method="gather"` (builtin ops; it
-    agrees with crop_and_resize) and the same weights; the signature keeps the Keras dict's output
-    names ("boxes", "scores", ...). Raises FlexOpsError if conversion needs Flex ops.
+    agrees with crop_and_resize) and the same weights.
     """
     from kseg.models.mask_rcnn import MaskRCNN, TorchvisionMaskRCNN
     from kseg.models.maskformer import MaskFormer
@@ -249,8 +279,28 @@ def detector_tflite(model):
     else:
         raise TypeError(f"expected a kseg MaskRCNN, PanopticFPN or MaskFormer; got {type(model).__name__}")
     image = keras.Input((*model.image_size, 3), batch_size=1, name="image")
-    return _convert(_converter(keras.Model(image, twin(image)), allow_flex=False))
+    return keras.Model(image, twin(image), name=model.name)
 
+
+def detector_tflite(model, variant="fp32", representative=None, float_ops=None):
+    """A kseg MaskRCNN (or TorchvisionMaskRCNN), PanopticFPN or MaskFormer as builtin-op TFLite bytes, batch 1.
+
+    Args:
+        model: the Keras detector.
+        variant: one of VARIANTS. "int8" is integer in the backbone, FPN and heads (every op
+            with an int8 kernel), float where there is none (NMS, index arithmetic) and in
+            `float_ops`; its input and outputs stay float32 (images, boxes, masks).
+        representative: for "int8": float32 images [1, H, W, 3] at the model's size, real
+            ones (e.g. the run's training images) that calibrate the activation ranges.
+        float_ops: for "int8", TFLite op names kept float (default DETECTOR_FLOAT_OPS).
+
+    Returns:
+        The `.tflite` bytes; the signature keeps the Keras dict's output names ("boxes",
+        "scores", ...). Raises FlexOpsError if conversion needs Flex ops.
+    """
+    float_ops = DETECTOR_FLOAT_OPS if float_ops is None else tuple(float_ops)
+    return convert_variant(detector_model(model), variant, representative=representative, int8_io="float32",
+                           float_fallback=True, float_ops=float_ops if variant == "int8" else ())
 
 
 def compare_detections(reference, got, image_size, mask_threshold=0.5):

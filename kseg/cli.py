@@ -201,7 +201,9 @@ def build_parser():
     x.add_argument("--name", help="model name in file names and metadata (default: the model's)")
     x.add_argument("--version", default="1", help="model version in the metadata")
     x.add_argument("--tolerance", action="append", default=[], metavar="VARIANT:KEY=VALUE",
-                   help="override a parity tolerance, e.g. int8:min_agreement=0.97 (keys: max_abs_error, min_agreement)")
+                   help="override a parity tolerance, e.g. int8:min_agreement=0.97 (keys: max_abs_error, min_agreement; "
+                        "instance and panoptic runs: max_accuracy_drop (points of mask AP / PQ), max_box_error, "
+                        "min_mask_iou, min_panoptic_agreement)")
     x.add_argument("--quiet", action="store_true")
 
     c = sub.add_parser("convert", help="a published checkpoint (Hugging Face / NVlabs SegFormer, torchvision Mask "
@@ -506,8 +508,8 @@ def cmd_demo(args):
     print(json.dumps({k: result[k] for k in ("mean_iou", "overlay", "curves", "train_seconds")}, indent=2))
 
 
-def _tolerances(items):
-    """["int8:min_agreement=0.97", ...] -> {"int8": {"min_agreement": 0.97}}."""
+def _tolerances(items, keys=("max_abs_error", "min_agreement")):
+    """["int8:min_agreement=0.97", ...] -> {"int8": {"min_agreement": 0.97}}; `keys` are the ones allowed."""
     tolerances = {}
     for item in items:
         try:
@@ -516,40 +518,48 @@ def _tolerances(items):
             tolerances.setdefault(variant, {})[key] = float(value)
         except ValueError:
             raise ValueError(f"--tolerance {item!r}: expected VARIANT:KEY=VALUE, e.g. int8:min_agreement=0.97") from None
-        if key not in ("max_abs_error", "min_agreement"):
-            raise ValueError(f"--tolerance {item!r}: key {key!r}, expected max_abs_error or min_agreement")
+        if key not in keys:
+            raise ValueError(f"--tolerance {item!r}: key {key!r}, expected one of {', '.join(keys)}")
+        if variant not in ("fp32", "fp16", "dynamic", "int8"):
+            raise ValueError(f"--tolerance {item!r}: variant {variant!r}, expected fp32, fp16, dynamic or int8")
     return tolerances
 
 
 def cmd_export_detector(args):
-    """`kseg export --run` of an instance or panoptic run: fp32 TFLite with NMS (and fusion) in the graph."""
-    from export.report import export_detector
+    """`kseg export --run` of an instance or panoptic run: the TFLite variants with NMS (and fusion) in the graph,
+    int8 calibrated on the run's training images, each scored on its validation images."""
+    from export.detector_report import TOLERANCE_KEYS, detector_markdown, export_detector
 
     task = _run_task(args.run)
-    if args.variants not in (["fp32"], ["fp32", "fp16", "dynamic", "int8"]):
-        raise ValueError(f"--variants {' '.join(args.variants)}: an {task} run exports fp32 only (kseg does "
-                         "not build or check reduced-precision detectors yet)")
-    semantic_only = [("image_size", "--image-size", None), ("images", "--images", None), ("masks", "--masks", None), ("calibration", "--calibration", None),
-                     ("channels", "--channels", None), ("remap", "--remap", None), ("labels", "--labels", None),
+    semantic_only = [("image_size", "--image-size", None), ("images", "--images", None), ("masks", "--masks", None),
+                     ("calibration", "--calibration", None), ("channels", "--channels", None),
+                     ("remap", "--remap", None), ("labels", "--labels", None),
                      ("ignore_class", "--ignore-class", None), ("head", "--head", "logits"),
-                     ("rgb_input", "--rgb-input", False), ("tolerance", "--tolerance", [])]
-    _reject(args, semantic_only, f"kseg export on an {task} run (it writes the fp32 detector at the run's size and "
-                                 "checks it on the run's validation images)")
+                     ("rgb_input", "--rgb-input", False)]
+    _reject(args, semantic_only, f"kseg export on an {task} run (it exports the detector at the run's size, "
+                                 "calibrates int8 on the run's training images and checks every variant on its "
+                                 "validation images)")
+    tolerances = _tolerances(args.tolerance, TOLERANCE_KEYS)
     from kseg.training.instance import INSTANCE_TASK, resized
     from kseg.training.panoptic import PANOPTIC_TASK  # loads MaskFormer runs too
 
     detection = INSTANCE_TASK if task == "instance" else PANOPTIC_TASK
     model = detection.load(args.run, args.model)
-    _, val, _ = detection.load_splits(detection.load_run(args.run)["data"])
+    train, val, categories = detection.load_splits(detection.load_run(args.run)["data"])
     val = resized(val, model.image_size)
-    images = [val[i]["image"] for i in range(min(args.num_images, len(val)))]
-    report = export_detector(model, args.output or os.path.join(args.run, "export"), images, name=args.name)
-    parity = report["parity"]
-    print(f"{report['file']}: {report['size_mb']} MB; {parity['images']} images, {parity['detections']} detections, "
-          f"{parity['matched_same_class']} matched, max box error {parity['max_box_error']:.1e}, min mask IoU "
-          f"{parity['min_mask_iou']}" + (f", min panoptic agreement {parity['min_panoptic_agreement']:.5f}"
-                                        if "min_panoptic_agreement" in parity else ""))
-    print("passed" if report["passed"] else "FAILED: " + "; ".join(report["failures"]))
+    examples = [val[i] for i in range(min(args.num_images, len(val)))]
+    calibration = None
+    if "int8" in args.variants:
+        import numpy as np
+
+        train = resized(train, model.image_size)
+        picks = np.linspace(0, len(train) - 1, min(args.num_calibration, len(train))).round().astype(int)
+        calibration = np.stack([np.asarray(train[int(i)]["image"], np.float32) for i in picks])
+    output = args.output or os.path.join(args.run, "export")
+    report = export_detector(model, output, examples, categories, calibration=calibration, variants=args.variants,
+                             name=args.name, tolerances=tolerances, verbose=not args.quiet)
+    print(detector_markdown(report))
+    print(f"files and report: {output}")
     return 0 if report["passed"] else 1
 
 

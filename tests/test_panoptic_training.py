@@ -196,10 +196,11 @@ def test_train_evaluate_predict_on_synthetic_scenes(tmp_path, capsys):
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation["all"] == metrics["all"]
 
-    assert cli_main(["export", "--run", str(run), "--output", str(tmp_path / "export"), "--num-images", "2"]) == 0
+    assert cli_main(["export", "--run", str(run), "--output", str(tmp_path / "export"), "--num-images", "2",
+                     "--variants", "fp32"]) == 0
     report = json.loads((tmp_path / "export" / "export_report.json").read_text())
     assert report["passed"] and report["task"] == "panoptic"
-    assert report["parity"]["min_panoptic_agreement"] >= 0.999
+    assert report["variants"]["fp32"]["parity"]["min_panoptic_agreement"] >= 0.999
 
     # Predict on held-out-style images at the model's size, then score the written COCO
     # panoptic folder against ground truth written the same way: the same PQ as in memory.
@@ -237,6 +238,7 @@ def test_maskformer_trains_evaluates_and_exports_through_the_panoptic_task(tmp_p
     assert {"class", "mask", "dice", "aux0", "val_PQ"} <= set(header)
     assert cli_main(["evaluate", "--run", str(run), "--quiet"]) == 0
     assert json.loads((run / "evaluation.json").read_text())["images"] == 2
-    assert cli_main(["export", "--run", str(run), "--output", str(tmp_path / "export"), "--num-images", "2"]) == 0
+    assert cli_main(["export", "--run", str(run), "--output", str(tmp_path / "export"), "--num-images", "2",
+                     "--variants", "fp32"]) == 0
     report = json.loads((tmp_path / "export" / "export_report.json").read_text())
-    assert report["passed"] and report["parity"]["min_panoptic_agreement"] >= 0.999
+    assert report["passed"] and report["variants"]["fp32"]["parity"]["min_panoptic_agreement"] >= 0.999

@@ -1,0 +1,99 @@
+"""Detector TFLite variants side by side: Mask R-CNN, Panoptic FPN and MaskFormer x fp32, fp16, dynamic, int8.
+
+For each trained run folder (`kseg train --task instance|panoptic --shapes N`), the code behind
+`kseg export --run`: every variant converted (int8 calibrated on the run's training images),
+then on the run's held-out images: file size, CPU latency (LiteRT, 2 threads, median), mask AP
+(Mask R-CNN) or PQ (panoptic) beside the Keras model's, and detection parity with Keras.
+Writes benchmarks/results/detector_variants.json and prints one table (model x variant).
+
+    python3 benchmarks/detector_variants.py --runs benchmarks/results/dv_mask_rcnn_run \\
+        benchmarks/results/dv_panoptic_fpn_run benchmarks/results/dv_maskformer_run [--images 40]
+
+On a shared machine, run one invocation per run folder in parallel, then the same command with
+--table-only for the table and the JSON.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, machine, print_table, write_results  # noqa: E402
+
+
+def load(run, images, calibration):
+    """(model, held-out examples, categories, calibration images) of a detection run folder."""
+    from kseg.training.instance import INSTANCE_TASK, resized
+    from kseg.training.panoptic import PANOPTIC_TASK
+    from kseg.training.spec import run_task
+
+    detection = INSTANCE_TASK if run_task(run, ("semantic", "instance", "panoptic")) == "instance" else PANOPTIC_TASK
+    model = detection.load(run, None)
+    train, val, categories = detection.load_splits(detection.load_run(run)["data"])
+    val = resized(val, model.image_size)
+    train = resized(train, model.image_size)
+    picks = np.linspace(0, len(train) - 1, min(calibration, len(train))).round().astype(int)
+    return (model, [val[i] for i in range(min(images, len(val)))], categories,
+            np.stack([np.asarray(train[int(i)]["image"], np.float32) for i in picks]))
+
+
+def rows_of(report):
+    """One table row per variant of an `export_detector` report."""
+    rows = []
+    for variant, e in report["variants"].items():
+        p = e["parity"]
+        rows.append({
+            "model": report["model"], "variant": variant, "MB": round(e["size_bytes"] / 1e6, 2),
+            "x_smaller": round(e["size_ratio_vs_fp32"], 2), "cpu_ms": round(e["cpu"]["median_ms"], 1),
+            "x_faster": round(e["speedup_vs_fp32"], 2), "metric": e["metric"],
+            "keras": round(report["keras_accuracy"], 2), "tflite": round(e["accuracy"], 2),
+            "drop": round(e["accuracy_drop"], 2), "matched": f"{p['matched_same_class']}/{p['detections']}",
+            "min_mask_iou": None if p["min_mask_iou"] is None else round(p["min_mask_iou"], 3),
+            "mean_pan_agree": None if "mean_panoptic_agreement" not in p else round(p["mean_panoptic_agreement"], 4),
+            "targets": "met" if not e["targets_missed"] else "; ".join(e["targets_missed"]),
+            "check": "pass" if e["passed"] else "FAIL: " + "; ".join(e["failures"])})
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="run folders written by kseg train")
+    parser.add_argument("--images", type=int, default=40, help="held-out images per model")
+    parser.add_argument("--calibration", type=int, default=50, help="training images that calibrate int8")
+    parser.add_argument("--latency-runs", type=int, default=20)
+    parser.add_argument("--variants", nargs="+", default=["fp32", "fp16", "dynamic", "int8"])
+    parser.add_argument("--table-only", action="store_true",
+                        help="no conversion: the table of the reports earlier invocations left for --runs "
+                             "(one invocation per run can then run in parallel)")
+    args = parser.parse_args()
+
+    reports = {}
+    for run in args.runs:
+        folder = RESULTS / "detector_variants_run" / Path(run).name
+        if not args.table_only:
+            from export.detector_report import export_detector
+
+            model, examples, categories, calibration = load(run, args.images, args.calibration)
+            export_detector(model, folder, examples, categories, calibration=calibration, variants=args.variants,
+                            latency_runs=args.latency_runs, verbose=False)
+            print(f"{run}: done", flush=True)
+        reports[run] = json.loads((folder / "export_report.json").read_text())
+    rows = [row for report in reports.values() for row in rows_of(report)]
+    if not args.table_only and len(args.runs) == 1:  # one of several parallel invocations: the table comes later
+        print_table(rows, list(rows[0]))
+        return
+    path = write_results("detector_variants", {"machine": machine(), "images": args.images,
+                                               "calibration_images": args.calibration, "rows": rows,
+                                               "reports": reports})
+    print_table(rows, list(rows[0]))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()

@@ -1,0 +1,110 @@
+"""Detector export variants: fp32, fp16, dynamic range and int8 TFLite of Mask R-CNN, Panoptic FPN and
+MaskFormer through export_detector, builtin ops only, integer convolutions in int8, and the report's
+flag (and `kseg export`'s exit status) for a variant that misses its bound."""
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from export import runtime
+from export.detector_report import detector_markdown, export_detector
+from kseg.data.panoptic_shapes import PANOPTIC_SHAPE_CATEGORIES, panoptic_shapes_examples
+from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
+from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+
+SIZE = (64, 64)
+VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+
+
+def conv_input_types(content):
+    """The dtype of every CONV_2D's activation input: int8 where the convolution computes in integers."""
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    return {np.dtype(tensors[op["inputs"][0]]).name for op in interpreter._get_ops_details()
+            if op["op_name"] == "CONV_2D"}
+
+
+def check_variants(report):
+    """Every variant is a builtin-op model that LiteRT runs; sizes and compute types are those of its variant."""
+    entries = report["variants"]
+    assert list(entries) == list(VARIANTS)
+    contents = {v: open(e["file"], "rb").read() for v, e in entries.items()}
+    for content in contents.values():
+        runtime.check_model(content)  # raises on Flex or custom ops
+    assert conv_input_types(contents["fp32"]) == {"float32"}
+    assert conv_input_types(contents["int8"]) == {"int8"}  # integer compute in backbone, FPN and heads
+    assert entries["fp16"]["ops"].get("DEQUANTIZE", 0) > 0  # float16 weights, dequantized to float32
+    assert entries["fp16"]["size_ratio_vs_fp32"] >= 1.9
+    assert entries["dynamic"]["size_ratio_vs_fp32"] >= 3.0
+    assert entries["int8"]["size_ratio_vs_fp32"] >= 3.0
+    for e in entries.values():
+        assert e["cpu"]["median_ms"] > 0 and e["parity"]["images"] == report["images"]
+        assert e["accuracy"] is not None and e["metric"] == report["metric"]
+
+
+@pytest.fixture(scope="module")
+def mask_rcnn_report(tmp_path_factory):
+    model = MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=SIZE, **SMALL_CONFIG)
+    examples = shapes_dataset_examples(3, seed=2, image_size=SIZE, max_instances=3, min_size=12)
+    calibration = np.stack([e["image"] for e in shapes_dataset_examples(4, seed=1, image_size=SIZE,
+                                                                        max_instances=3, min_size=12)])
+    # int8 boxes cannot agree with float ones to 1e-6 of the image size: this bound is missed.
+    report = export_detector(model, tmp_path_factory.mktemp("mask_rcnn"), examples, SHAPE_CATEGORIES,
+                             calibration=calibration.astype(np.float32), tolerances={"int8": {"max_box_error": 1e-6}},
+                             latency_runs=2, verbose=False)
+    return report
+
+
+def test_mask_rcnn_exports_every_variant_with_builtin_ops(mask_rcnn_report):
+    check_variants(mask_rcnn_report)
+    assert mask_rcnn_report["metric"] == "mask_AP"
+    fp32 = mask_rcnn_report["variants"]["fp32"]
+    assert fp32["passed"], fp32["failures"]
+    assert fp32["parity"]["detections"] > 0 and fp32["parity"]["max_box_error"] <= 1e-3
+
+
+def test_a_variant_that_misses_its_bound_is_flagged(mask_rcnn_report):
+    int8 = mask_rcnn_report["variants"]["int8"]
+    assert not int8["passed"] and any(f.startswith("max_box_error") for f in int8["failures"])
+    assert not mask_rcnn_report["passed"]
+    row = next(line for line in detector_markdown(mask_rcnn_report).splitlines() if line.startswith("| int8 "))
+    assert "**FAIL**" in row and "> 1e-06" in row
+
+
+def test_int8_needs_calibration_images(tmp_path):
+    model = MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=SIZE, **SMALL_CONFIG)
+    examples = shapes_dataset_examples(1, seed=2, image_size=SIZE, max_instances=3, min_size=12)
+    with pytest.raises(ValueError, match="calibration"):
+        export_detector(model, tmp_path, examples, SHAPE_CATEGORIES, variants=("int8",), verbose=False)
+    with pytest.raises(ValueError, match="max_ap"):
+        export_detector(model, tmp_path, examples, SHAPE_CATEGORIES, variants=("fp32",),
+                        tolerances={"fp32": {"max_ap": 1.0}}, verbose=False)
+
+
+def panoptic_report(model, tmp_path):
+    examples = panoptic_shapes_examples(2, seed=3, image_size=SIZE)
+    calibration = np.stack([e["image"] for e in panoptic_shapes_examples(4, seed=1, image_size=SIZE)])
+    return export_detector(model, tmp_path, examples, PANOPTIC_SHAPE_CATEGORIES,
+                           calibration=calibration.astype(np.float32), latency_runs=2, verbose=False)
+
+
+@pytest.mark.slow
+def test_panoptic_fpn_exports_every_variant_with_builtin_ops(tmp_path):
+    from kseg.models.panoptic_fpn import PanopticFPN
+
+    model = PanopticFPN(num_classes=3, num_stuff_classes=3, image_size=SIZE, **{**SMALL_CONFIG, "semantic_channels": 32})
+    report = panoptic_report(model, tmp_path)
+    check_variants(report)
+    assert report["metric"] == "PQ" and report["variants"]["int8"]["parity"]["min_panoptic_agreement"] is not None
+
+
+@pytest.mark.slow
+def test_maskformer_exports_every_variant_with_builtin_ops(tmp_path):
+    from kseg.models.maskformer import SMALL_CONFIG as MASKFORMER_SMALL
+    from kseg.models.maskformer import MaskFormer
+
+    model = MaskFormer(num_classes=3, num_stuff_classes=3, image_size=SIZE, **MASKFORMER_SMALL)
+    report = panoptic_report(model, tmp_path)
+    check_variants(report)
+    assert report["metric"] == "PQ"
