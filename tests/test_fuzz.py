@@ -24,11 +24,7 @@ def results():
 
 # Crashes found in readers this suite does not own, reported to their authors; strict=False: they
 # turn into passes once fixed.
-KNOWN = {"yolo": "kseg/data/yolo.py: a data.yaml that is not UTF-8 raises UnicodeDecodeError naming no file"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN[n], strict=False))
-                                  if n in KNOWN else n for n in TARGETS])
+@pytest.mark.parametrize("name", TARGETS)
 def test_fuzzed_inputs_never_crash_the_parser(results, name):
     row = results[name]
     assert row["inputs"] == TEST_COUNTS[name]

@@ -236,3 +236,10 @@ def test_coco128_counts_and_mask_areas():
     assert counts.sum() == 929 and counts[1] == 254 and (counts[1:] > 0).sum() == 71
     assert sum(len(e["classes"]) == 0 for e in examples) == 2
     assert abs(got_area / want_area - 1) < 1e-4
+
+
+def test_a_data_yaml_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    yaml_path = write_set(tmp_path, {"a": RECTANGLE})
+    yaml_path.write_bytes(yaml_path.read_bytes() + b"\n# \xff\xfe\n")
+    with pytest.raises(DataError, match=r"data.yaml: the data yaml is not UTF-8 text \(byte \d+: b'\\xff'\)"):
+        read_yolo_yaml(yaml_path)

@@ -111,6 +111,9 @@ def read_yolo_yaml(yaml_path):
     try:
         with open(yaml_path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{yaml_path}: the data yaml is not UTF-8 text (byte {err.start}: "
+                        f"{err.object[err.start:err.start + 1]!r}); expected a UTF-8 YAML file") from None
     except (OSError, yaml.YAMLError) as err:
         raise DataError(f"{yaml_path}: cannot read the data yaml: {type(err).__name__}: {err}") from None
     if not isinstance(data, dict):
