@@ -76,7 +76,7 @@ def test_help_does_not_import_tensorflow():
 def test_demo_writes_overlay_and_curves(tmp_path):
     from kseg.training.demo import run_demo
 
-    result = run_demo(str(tmp_path / "demo"), epochs=2, time_budget=60, verbose=0)
+    result = run_demo(str(tmp_path / "demo"), epochs=1, steps_per_epoch=2, image_size=64, filters=4, verbose=0)
     assert 0.0 <= result["mean_iou"] <= 1.0
     overlay = np.asarray(Image.open(result["overlay"]))
     assert overlay.shape[0] > 2 * 256 and overlay.shape[1] > 3 * 256  # 2 held-out rows of 3 panels

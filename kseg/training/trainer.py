@@ -119,6 +119,16 @@ def train_dataset(spec, pairs, batch_size, augment=True, seed=0, shard=None, ski
     )
 
 
+def _validation(spec, train_pairs, val_ds, batch_size, loss, precise_batch_norm):
+    """The epoch-end validation, after a batch-norm recalibration on the training images when asked."""
+    validation = kcallbacks.Validation(val_ds, spec.num_classes, spec.ignore_class, loss=loss)
+    if not precise_batch_norm:
+        return validation
+    from kseg.training.recalibrate import BatchNormRecalibration
+
+    return BatchNormRecalibration(val_dataset(spec, train_pairs, batch_size), then=[validation])
+
+
 def train(
     spec,
     output_dir,
@@ -141,6 +151,7 @@ def train(
     seed=0,
     verbose=1,
     init=None,
+    precise_batch_norm=False,
 ):
     """Trains a model on folders of images and masks and writes a run folder (see module doc).
 
@@ -215,7 +226,7 @@ def train(
             "init": None if init is None else init_report,
             "train": dict(
                 epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, schedule=schedule, loss=loss,
-                class_weights=class_weights, augment=augment, seed=seed,
+                class_weights=class_weights, augment=augment, seed=seed, precise_batch_norm=precise_batch_norm,
                 **distribution_record(dist, strategy, rate, lr_reference_batch, mixed_precision, jit_compile),
                 train_pairs=len(train_pairs), val_pairs=len(val_pairs),
                 class_pixels={name: summary["class_pixels"] for name, summary in summaries.items()},
@@ -224,7 +235,7 @@ def train(
         best_path = os.path.join(output_dir, "best.keras")
         return fit_run(
             net, run, output_dir, train_ds, time_budget=time_budget, verbose=verbose, monitor="val_mean_iou",
-            validation=kcallbacks.Validation(val_ds, spec.num_classes, spec.ignore_class, loss=net.loss),
+            validation=_validation(spec, train_pairs, val_ds, batch_size, net.loss, precise_batch_norm),
             curves=lambda png, csv: kcallbacks.CurvePlot(png, csv, title=run["model"]["name"]),
             evaluate=lambda best: evaluate_model(best, val_ds, spec.num_classes, spec.ignore_class,
                                                  spec.class_names, verbose=verbose),
