@@ -164,10 +164,13 @@ def build_parser():
     p.add_argument("--score-threshold", type=float, help="instance runs: detections kept (default 0.5)")
     p.add_argument("--quiet", action="store_true")
 
-    d = sub.add_parser("demo", help="train a small U-Net on the embedded ISBI 2012 sample (no download)")
-    d.add_argument("--output", default="kseg-demo", help="folder for the run, overlay and curves")
-    d.add_argument("--epochs", type=int, default=60)
-    d.add_argument("--time-budget", type=float, default=150.0, help="seconds of training at most")
+    d = sub.add_parser("demo", help="the product on the embedded ISBI 2012 sample (no download): train a small "
+                                    "U-Net, evaluate, export fp32/int8 with parity, benchmark, draw")
+    d.add_argument("--output", default="kseg-demo", help="folder for the run, overlay, exports, benchmark and charts")
+    d.add_argument("--epochs", type=int, default=12, help="epochs of training (default 12)")
+    d.add_argument("--steps-per-epoch", type=int, default=10, help="steps per epoch, batch 4 (default 10)")
+    d.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order")
+    d.add_argument("--threads", type=int, default=2, help="CPU threads of the benchmark (default 2)")
     d.add_argument("--quiet", action="store_true")
 
     x = sub.add_parser("export", help="TFLite variants (fp32/fp16/dynamic/int8) with a parity and GPU report",
@@ -502,10 +505,15 @@ def cmd_predict(args):
 
 
 def cmd_demo(args):
-    from kseg.training.demo import run_demo
+    from export.demo import run, summary_text
 
-    result = run_demo(args.output, epochs=args.epochs, time_budget=args.time_budget, verbose=0 if args.quiet else 1)
-    print(json.dumps({k: result[k] for k in ("mean_iou", "overlay", "curves", "train_seconds")}, indent=2))
+    for flag, value in (("--epochs", args.epochs), ("--steps-per-epoch", args.steps_per_epoch),
+                        ("--threads", args.threads)):
+        if value < 1:
+            raise ValueError(f"{flag} {value}: expected an int >= 1")
+    summary = run(args.output, threads=args.threads, verbose=0 if args.quiet else 1, epochs=args.epochs,
+                  steps_per_epoch=args.steps_per_epoch, seed=args.seed)
+    print(summary_text(summary))
 
 
 def _tolerances(items, keys=("max_abs_error", "min_agreement")):
