@@ -221,13 +221,14 @@ def test_variant_names_map_to_families():
 # ----------------------------------------------------------------------------- on the emulated cores
 
 
-def _arm64_ready():
-    """Why the emulated run cannot happen here, or None."""
+def _require_arm64():
+    """Skips (or with KSEG_REQUIRE_ARM64=1 fails) when this host cannot run the emulated cores."""
     try:
         arm_root.check_host()
     except arm_root.SetupError as e:
-        return str(e)
-    return None
+        if os.environ.get("KSEG_REQUIRE_ARM64") == "1":
+            pytest.fail(f"KSEG_REQUIRE_ARM64=1 but the arm64 emulation cannot run: {e}")
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -249,11 +250,7 @@ def test_variants_are_recognized_from_the_graph(exported):
 @pytest.mark.arm64
 @pytest.mark.slow
 def test_unet_variants_and_a_detector_agree_with_x86_on_emulated_arm_cores(exported):
-    reason = _arm64_ready()
-    if reason:
-        if os.environ.get("KSEG_REQUIRE_ARM64") == "1":
-            pytest.fail(f"KSEG_REQUIRE_ARM64=1 but the arm64 emulation cannot run: {reason}")
-        pytest.skip(reason)
+    _require_arm64()
     report = arm_measure.measure([str(p) for p in exported.values()], cpu_list=("cortex-a76", "cortex-a53"), runs=2,
                                  timeout=1500)
     print(arm_measure.format_report(report))
@@ -272,6 +269,16 @@ def test_unet_variants_and_a_detector_agree_with_x86_on_emulated_arm_cores(expor
     assert a76 < 0.6 * a53, (a76, a53)
     ratio = {r["cpu"]: r["fp32_over_int8"] for r in report["ratios"] if r["family"] == "unet"}
     assert ratio["cortex-a76"] > 1.5, ratio
+
+
+@pytest.mark.arm64
+def test_the_edge_benchmark_itself_runs_on_an_emulated_core(exported):
+    _require_arm64()
+    argv = ["-m", "export.bench", "{model0}", "--threads", "1", "--runs", "2", "--warmup", "0", "--e2e-runs", "1"]
+    result = arm_measure.guest_command([exported["unet_int8.tflite"]], "cortex-a76", argv, timeout=900)
+    assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("model-0.tflite"))
+    assert "cpu x1" in row and "FAILED" not in row
 
 
 # ----------------------------------------------------------------------------- the instruction-count guard

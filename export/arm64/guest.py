@@ -2,8 +2,8 @@
 
     python3 -m export.arm64.guest JOB.json
 
-JOB.json: {"threads": T, "runs": N, "models": [{"name", "path", "inputs": [.npy paths],
-"outputs": .npz path, "result": .json path}]}. Paths are the guest's. For model k (from 0)
+JOB.json: {"threads": T, "runs": N, "cpuinfo_result": .json path, "models": [{"name", "path",
+"inputs": [.npy paths], "outputs": .npz path, "result": .json path}]}. Paths are the guest's. For model k (from 0)
 the instruction-count plugin records marks with tags (see export.arm64.plugin):
 
     100 (k + 1) + 0   before loading (read, verify, allocate)
@@ -51,8 +51,21 @@ def run_model(entry, threads, runs, tag):
     return {"load_s": loaded - start, "first_s": first - loaded, "runs_s": done - first, "repeat_identical": same}
 
 
+def cpu_part():
+    """The "CPU part" of the guest's /proc/cpuinfo (the fake one on QEMU 7.2), or None."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("CPU part"):
+                return int(line.split(":")[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def main(argv):
     job = json.loads(open(argv[0]).read())
+    with open(job["cpuinfo_result"], "w") as f:
+        json.dump({"cpu_part": cpu_part()}, f)
     for k, entry in enumerate(job["models"]):
         try:
             result = {"name": entry["name"], "error": None, **run_model(entry, job["threads"], job["runs"], TAG_STRIDE * (k + 1))}

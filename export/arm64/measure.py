@@ -54,7 +54,8 @@ def model_inputs(info, image=None, seed=0):
 
 
 def _copy_sources(target):
-    """kseg's edge tools (export/, and kseg's TensorFlow-free __init__, utils and viz) into `target`."""
+    """kseg's edge tools (export/, and kseg's TensorFlow-free __init__, utils and viz, and the
+    embedded sample images) into `target`."""
     repo = Path(__file__).resolve().parents[2]
     for package in ("export", "kseg/utils", "kseg/viz"):
         for source in (repo / package).rglob("*.py"):
@@ -62,6 +63,33 @@ def _copy_sources(target):
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
     shutil.copy2(repo / "kseg" / "__init__.py", target / "kseg" / "__init__.py")
+    shutil.copytree(repo / "kseg" / "data" / "samples", target / "kseg" / "data" / "samples")  # bench's default image
+
+
+def guest_command(models, cpu, argv, timeout=3600.0):
+    """Runs `python3 ARGV` in the arm64 root on `cpu` with kseg's edge tools and `models` at hand.
+
+    The models are copied to the guest's work folder; "{model0}", "{model1}", ... in `argv`
+    become their guest paths. E.g. `guest_command(["m.tflite"], "cortex-a76", ["-m",
+    "export.bench", "{model0}", "--threads", "1"])` runs the edge benchmark itself on ARM.
+
+    Returns:
+        subprocess.CompletedProcess (text stdout/stderr).
+    """
+    root = arm_root.ensure_root()
+    model = cpus.check_cpu(root.qemu, cpu)
+    info = root.cpuinfo(model) if cpus.needs_fake_cpuinfo(root.qemu) else None
+    cpus.check_configuration(root.qemu, cpu, info)
+    work = Path(tempfile.mkdtemp(prefix="kseg-arm64-"))
+    try:
+        _copy_sources(work / "src")
+        names = {}
+        for i, path in enumerate(models):
+            shutil.copy2(path, work / f"model-{i}{Path(path).suffix}")
+            names[f"model{i}"] = f"{arm_root.GUEST_WORK}/model-{i}{Path(path).suffix}"
+        return arm_root.run_guest(root, cpu, [a.format(**names) for a in argv], work=work, cpuinfo=info, timeout=timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def counts_from_marks(marks, index, runs):
@@ -90,7 +118,9 @@ def _guest_cpu(root, cpu, entries, work, runs, threads, timeout, log):
         job = work / f"job-{tag}.json"
         for e in pending:
             e["result"] = f"{arm_root.GUEST_WORK}/result-{tag}-{e['index']}.json"
-        job.write_text(json.dumps({"threads": threads, "runs": runs, "models": pending}))
+        seen = work / f"cpuinfo-{tag}.json"
+        job.write_text(json.dumps({"threads": threads, "runs": runs, "models": pending,
+                                   "cpuinfo_result": f"{arm_root.GUEST_WORK}/{seen.name}"}))
         log(f"arm64: {cpu}: {len(pending)} model(s) in the guest ...")
         start = time.perf_counter()
         try:
@@ -100,6 +130,11 @@ def _guest_cpu(root, cpu, entries, work, runs, threads, timeout, log):
             failure = None if proc.returncode == 0 else f"guest exit {proc.returncode}: {proc.stderr.strip()[-400:]}"
         except Exception as e:  # a timeout: the model that was running fails
             failure = f"{type(e).__name__}: {e}"
+        if info is not None and seen.exists():  # XNNPACK picks its kernels from what the guest reads there
+            part = json.loads(seen.read_text())["cpu_part"]
+            if part != cpus.CPUS[model]["part"]:
+                raise cpus.ConfigurationError(f"the guest's /proc/cpuinfo shows CPU part {part}, not {model}'s "
+                                              f"{cpus.CPUS[model]['part']:#x}: the fake cpuinfo is not in place")
         log_file = work / f"insn-{tag}.log"
         marks, _ = plugin.read_log(log_file.read_text() if log_file.exists() else "")
         done = []
