@@ -105,7 +105,7 @@ def test_compressed_rle_of_the_wrong_size_is_refused_when_read(tmp_path):
     from pycocotools import mask as mask_utils
 
     from kseg.data import DataError, read_coco_instances
-    from kseg.data.coco_rle import compressed_rle_total
+    from kseg.data.coco_checks import compressed_rle_total
 
     rng = np.random.default_rng(0)
     for _ in range(50):

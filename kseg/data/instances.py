@@ -34,7 +34,7 @@ import tensorflow as tf
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from kseg.data.coco_rle import clip_far_polygon, compressed_rle_total
+from kseg.data.coco_checks import check_image_record, clip_far_polygon, compressed_rle_total
 from kseg.data.errors import DataError
 from kseg.data.folder import _is_int, _open, read_mask, resize_image
 from kseg.data.sharding import check_shard, select_elements
@@ -236,20 +236,7 @@ def _coco_images(json_path, image_dir, records):
     images = {}
     shown = progress(records, total=len(records), desc="check images") if len(records) > 1000 else records
     for i, img in enumerate(shown):
-        missing = [k for k in ("id", "file_name", "height", "width") if not isinstance(img, dict) or k not in img]
-        if missing:
-            raise DataError(f"{json_path}: images[{i}] lacks field(s) {', '.join(missing)}, expected id, "
-                            "file_name, height and width")
-        for key, ok, expected in [
-            ("id", _is_int(img["id"]) or isinstance(img["id"], str), "an int or a string"),
-            ("file_name", isinstance(img["file_name"], str) and img["file_name"] != "", "a non-empty string"),
-            ("height", _is_int(img["height"]) and img["height"] >= 1, "an int >= 1"),
-            ("width", _is_int(img["width"]) and img["width"] >= 1, "an int >= 1"),
-        ]:
-            if not ok:
-                raise DataError(f"{json_path}: images[{i}] has {key} {img[key]!r}, expected {expected}")
-        if img["id"] in images:
-            raise DataError(f"{json_path}: images[{i}] repeats image id {img['id']!r}, expected unique ids")
+        check_image_record(json_path, i, img, images)
         path = os.path.join(image_dir, img["file_name"])
         if not os.path.isfile(path):
             raise DataError(f"{path}: image file not found (image id {img['id']} of {json_path}), expected "

@@ -32,6 +32,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from kseg.data.coco_checks import check_image_record
 from kseg.data.errors import DataError
 from kseg.data.folder import _is_int, _open
 
@@ -264,20 +265,7 @@ def _images(json_path, records, image_dir):
         raise DataError(f"{json_path}: 'images' has type {type(records).__name__}, expected a list")
     images = {}
     for i, img in enumerate(records):
-        missing = [k for k in ("id", "file_name", "height", "width") if not isinstance(img, dict) or k not in img]
-        if missing:
-            raise DataError(f"{json_path}: images[{i}] lacks field(s) {', '.join(missing)}, expected id, file_name, "
-                            "height and width")
-        for key, ok, expected in [
-            ("id", _is_int(img["id"]) or isinstance(img["id"], str), "an int or a string"),
-            ("file_name", isinstance(img["file_name"], str) and img["file_name"] != "", "a non-empty string"),
-            ("height", _is_int(img["height"]) and img["height"] >= 1, "an int >= 1"),
-            ("width", _is_int(img["width"]) and img["width"] >= 1, "an int >= 1"),
-        ]:
-            if not ok:
-                raise DataError(f"{json_path}: images[{i}] has {key} {str(img[key])[:60]!r}, expected {expected}")
-        if img["id"] in images:
-            raise DataError(f"{json_path}: images[{i}] repeats image id {img['id']!r}, expected unique ids")
+        check_image_record(json_path, i, img, images)
         images[img["id"]] = {"height": img["height"], "width": img["width"], "image_file_name": img["file_name"]}
         if image_dir is not None:
             path = os.path.join(image_dir, img["file_name"])

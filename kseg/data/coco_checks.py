@@ -1,12 +1,45 @@
-"""Checks of COCO segmentations that pycocotools' C code does not make (it trusts its input).
+"""Checks of COCO files that pycocotools' C code does not make (it trusts its input).
 
+    check_image_record    one record of a COCO "images" list (instances and panoptic alike)
     compressed_rle_total  the pixel count of a compressed RLE string (must be H * W)
     clip_far_polygon      polygons with far-away vertices clipped near the image
 """
 
 import fractions
 
+from kseg.data.errors import DataError
+from kseg.data.folder import _is_int
+
 POLYGON_REACH = 8  # polygons are clipped this many image sizes outside the image
+
+
+def check_image_record(json_path, i, img, seen):
+    """Checks `images[i]` of a COCO JSON file.
+
+    Args:
+        json_path: the file, named in errors.
+        i: the record's index in the "images" list.
+        img: the record: a dict with an int or string "id", a non-empty "file_name" and int
+            "height" and "width" >= 1.
+        seen: the image ids already read (a container); a repeated id is an error.
+
+    Raises:
+        DataError: naming the file, the record, the value seen and the value expected.
+    """
+    missing = [k for k in ("id", "file_name", "height", "width") if not isinstance(img, dict) or k not in img]
+    if missing:
+        raise DataError(f"{json_path}: images[{i}] lacks field(s) {', '.join(missing)}, expected id, file_name, "
+                        "height and width")
+    for key, ok, expected in [
+        ("id", _is_int(img["id"]) or isinstance(img["id"], str), "an int or a string"),
+        ("file_name", isinstance(img["file_name"], str) and img["file_name"] != "", "a non-empty string"),
+        ("height", _is_int(img["height"]) and img["height"] >= 1, "an int >= 1"),
+        ("width", _is_int(img["width"]) and img["width"] >= 1, "an int >= 1"),
+    ]:
+        if not ok:
+            raise DataError(f"{json_path}: images[{i}] has {key} {repr(img[key])[:60]}, expected {expected}")
+    if img["id"] in seen:
+        raise DataError(f"{json_path}: images[{i}] repeats image id {img['id']!r}, expected unique ids")
 
 
 def clip_far_polygon(xy, h, w):
