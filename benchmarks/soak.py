@@ -40,7 +40,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -49,10 +48,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.process_memory import Sampler, children, chromium_memory, rss_mb  # noqa: E402
+
 PATHS = ("runner-cpu", "runner-gpu", "video", "page")
 MODEL_SIZE = 256
 GPU_SIZE = 64  # the GPU soak's input side (see export_site)
-GPU_MAX_S = 1500.0  # the GPU soak's time budget: SwiftShader emulates the GPU on the CPU, slowly
+GPU_MAX_S = 900.0  # the GPU soak's time budget: SwiftShader emulates the GPU on the CPU, slowly
 VIDEO_SIZE = (360, 480)  # H, W: the fake camera's and the clip's frames, as in tests/test_mobile_demo.py
 WARMUP_FRACTION = 0.05
 P99_RATIO = 1.5
@@ -65,70 +66,6 @@ BOUNDS_MB = {"rss": 4.0, "js_heap": 2.0, "wasm_heap": 2.0, "chromium_pss": 32.0}
 # 1.5 to 2 minutes here), and stays flat after: a 20-line page that only draws the camera into
 # an OffscreenCanvas does the same, and one that does not draw it stays flat.
 PAGE_WARMUP_S = 150.0
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-def rss_mb(pid="self"):
-    """Resident set size of a process in MB (from /proc), or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _pss_mb(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
-    except (OSError, StopIteration, ValueError):
-        return 0.0
-
-
-def _children(pid):
-    """Every descendant of `pid`: {pid: command line}."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = {}, [pid]
-    while frontier:
-        p = frontier.pop()
-        for child, parent in parents.items():
-            if parent == p and child not in found:
-                try:
-                    found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                frontier.append(child)
-    return found
-
-
-class Sampler(threading.Thread):
-    """Samples `measure()` (a dict of MB figures) every `interval` s with the wall time, until stopped."""
-
-    def __init__(self, measure, interval=1.0):
-        super().__init__(daemon=True)
-        self.measure, self.interval, self.samples = measure, interval, []
-        self._stop_event = threading.Event()
-
-    def run(self):
-        while not self._stop_event.is_set():
-            figures = self.measure()
-            if figures:
-                self.samples.append({"t": time.time(), **figures})
-            self._stop_event.wait(self.interval)
-
-    def stop(self):
-        self._stop_event.set()
-        self.join()
-        return self.samples
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -301,7 +238,7 @@ def soak_video(model, frames, window_s, work, threads=2):
         python = rss_mb(process.pid)
         if python is None:
             return None
-        ffmpeg = sum(rss_mb(p) or 0.0 for p, cmd in _children(process.pid).items() if "ffmpeg" in cmd)
+        ffmpeg = sum(rss_mb(p) or 0.0 for p, cmd in children(process.pid).items() if "ffmpeg" in cmd)
         return {"rss": python, "ffmpeg_rss": ffmpeg}
 
     sampler = Sampler(measure, interval=1.0)
@@ -318,12 +255,6 @@ def soak_video(model, frames, window_s, work, threads=2):
     result["stages_p50_ms"] = dict(zip(("decode", "preprocess", "inference", "postprocess", "effect", "encode"),
                                        np.percentile(table[:, 3:], 50, axis=0).round(3).tolist()))
     return result, {"t": ends, "latency_ms": total_ms, "memory": memory}
-
-
-def chromium_memory(root_pid):
-    """The PSS of every Chromium process under `root_pid`, in MB (None when there is none)."""
-    pids = [p for p, cmd in _children(root_pid).items() if "chrom" in cmd.split(" ", 1)[0]]
-    return {"chromium_pss": sum(_pss_mb(p) for p in pids)} if pids else None
 
 
 def soak_page(site, seconds, window_s, interval=5.0, warmup_s=PAGE_WARMUP_S):
