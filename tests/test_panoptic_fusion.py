@@ -290,8 +290,11 @@ def test_tflite_builtins_and_exact_litert_parity():
         reference = panoptic_fusion_numpy(*batch, **options)
         by_shape = {}
         for key in OUTPUT_KEYS:  # signature output names are Keras' output_0.. : match by content
+            # ids, categories and areas are exact; the stuff score goes through EXP, whose TF and
+            # LiteRT kernels may differ in the last bit (seen: 1 ulp, 6e-8)
+            same = (lambda a, b: np.allclose(a, b, rtol=0, atol=1e-6)) if key == "score" else np.array_equal
             match = [v for v in got.values() if v.shape == keras_out[key].shape and v.dtype == keras_out[key].dtype
-                     and np.array_equal(v, keras_out[key])]
+                     and same(v, keras_out[key])]
             assert match, f"no LiteRT output equals Keras' {key}"
             by_shape[key] = match[0]
         assert_same(by_shape, reference)

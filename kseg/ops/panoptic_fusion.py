@@ -32,10 +32,23 @@ Algorithm (the same in `panoptic_fusion` and its NumPy reference `panoptic_fusio
 `stuff_categories` maps the semantic channels to output category ids: one entry per channel
 except `thing_class`, in channel order (so len == S - 1, or S when thing_class is None).
 
-The graph version has static shapes and uses TFLite builtin ops only: a comparison-count rank
-instead of a sort, and a Python loop over the static D unrolled into the graph (the sequential
-dependence of step 2). Masks and semantic logits must share H x W (resize the semantic logits
-first; Panoptic FPN upsamples them to the image).
+The graph has static D, H, W, S (any batch size, also unknown) and uses TFLite builtin ops
+only. The painting order is a comparison-count rank (no sort op). Step 2 is sequential (whether
+an instance is kept depends on the union of the kept masks before it, which pairwise overlaps
+do not give when three masks meet), so it stays a Python loop over the static D unrolled into
+the graph, and is kept cheap: each step fetches one mask (GATHER in painting order) and does
+seven element-wise ops and two sums over H x W, with no comparison or cast at full resolution:
+one map `free` holds 1 on unclaimed pixels and 1 - id on pixels a kept instance took, and
+
+    outside = ceil(relu(mask_threshold - mask))   0 on the mask, >= 1 off it
+    new     = relu(free - outside)                1 on the mask's unclaimed pixels, else 0
+    free   -= new * keep * id                     (keep, id: [B, 1, 1, 1] per step)
+
+Step 3 works on the S channel planes the same way: the argmax with ties to the lowest channel is
+`relu(available + floor(logit - max logit))` taken channel by channel, and the stuff score is
+the mean of 1 / sum(exp(logit - max logit)), the argmax channel's softmax probability. Every
+count is a float32 sum of 0/1 values (exact below 2**24 pixels). Masks and semantic logits must
+share H x W (resize the semantic logits first; Panoptic FPN upsamples them to the image).
 """
 
 import numpy as np
@@ -67,89 +80,166 @@ def default_max_segments(num_detections_slots, num_channels, thing_class):
     return int(num_detections_slots) + num_channels - (thing_class is not None)
 
 
-def _fuse_one(masks, scores, classes, num_detections, semantic_logits, *, stuff_categories, thing_class,
-              score_threshold, mask_threshold, overlap_threshold, min_stuff_area, max_segments):
-    num_slots, height, width = masks.shape
-    num_channels = semantic_logits.shape[-1]
-    category_of_channel, is_stuff = _stuff_table(num_channels, stuff_categories, thing_class)
-    pixels = height * width
+def _painting_order(scores, classes, num_detections, score_threshold):
+    """The order of step 2 as a one-hot permutation, without a sort op.
+
+    Args:
+        scores: [B, D] float32. classes: [B, D] int32. num_detections: [B] (or [B, 1]) int.
+
+    Returns:
+        (perm [B, D, D] float32 with perm[b, t, j] = 1 where slot j is painted t-th: candidates
+        by descending score, ties by lower index, then the other slots; candidate [B, D] 0/1).
+    """
+    num_slots = scores.shape[-1]
     f32 = tf.float32
+    num = tf.reshape(tf.cast(num_detections, tf.int32), [-1, 1])
+    candidate = tf.cast((tf.range(num_slots)[None] < num) & (classes > 0) & (scores >= score_threshold), f32)
+    before, after = [-1, num_slots, 1], [-1, 1, num_slots]  # axis 1: j, axis 2: i
+    s_j, s_i = tf.reshape(scores, before), tf.reshape(scores, after)
+    c_j, c_i = tf.reshape(candidate, before), tf.reshape(candidate, after)
+    lower_index = tf.constant(np.tri(num_slots, k=-1, dtype=np.float32).T[None])  # [1, j, i]: j < i
+    higher = tf.cast(s_j > s_i, f32)
+    tie = tf.cast(tf.equal(s_j, s_i), f32) * lower_index
+    same = c_j * c_i + (1.0 - c_j) * (1.0 - c_i)
+    precedes = c_j * (1.0 - c_i) + same * tf.minimum(higher + tie, 1.0)  # [B, j, i]: j paints before i
+    rank = tf.reshape(tf.reduce_sum(precedes, axis=1), after)  # a permutation of 0..D-1
+    step = tf.constant(np.arange(num_slots, dtype=np.float32).reshape(1, num_slots, 1))
+    return tf.cast(tf.equal(rank, step), f32), candidate
 
-    # 1. candidates, and their painting order from a rank (no sort op).
-    index = tf.range(num_slots)
-    num_detections = tf.reshape(tf.cast(num_detections, tf.int32), [])
-    candidate = (index < num_detections) & (classes > 0) & (scores >= score_threshold)
-    cand_f = tf.cast(candidate, f32)
-    # precedes[j, i]: j paints before i (candidates first, then score desc, then index asc).
-    higher = tf.cast(scores[:, None] > scores[None, :], f32)
-    tie = tf.cast((scores[:, None] == scores[None, :]) & (index[:, None] < index[None, :]), f32)
-    same = cand_f[:, None] * cand_f[None, :] + (1.0 - cand_f[:, None]) * (1.0 - cand_f[None, :])
-    precedes = cand_f[:, None] * (1.0 - cand_f[None, :]) + same * tf.minimum(higher + tie, 1.0)
-    rank = tf.cast(tf.reduce_sum(precedes, axis=0), tf.int32)  # a permutation of 0..D-1
-    order = tf.reduce_sum(tf.cast(tf.equal(rank[:, None], index[None, :]), tf.int32) * index[:, None], axis=0)
 
-    binary = tf.cast(tf.reshape(masks, [num_slots, pixels]) >= mask_threshold, f32)
-    binary = tf.gather(binary, order)
-    ordered_candidate = tf.gather(cand_f, order)
-    mask_area = tf.reduce_sum(binary, axis=1)  # [D], exact integers in float32
-    needed = tf.constant(overlap_threshold, f32) * mask_area
+def _in_order(perm, values):
+    """values [B, D] -> [B, D] in painting order (a product and a sum: exact, unlike a matmul
+    that a GPU may run in reduced precision)."""
+    return tf.reduce_sum(perm * tf.expand_dims(values, 1), axis=2)
 
-    # 2. sequential painting, unrolled over the static D. `claimed` is 0/1 per pixel; sums of
-    # 0/1 floats are exact integers below 2**24 pixels. `first` keeps, per pixel, the priority
-    # D - t of the first kept instance covering it (max over t); ids are looked up after the loop.
-    claimed = first = None  # first: priority D - t of the pixel's first kept instance, or 0
-    count = tf.zeros([], f32)
+
+def _total(x):
+    """[B, C, H, W] -> [B, C, 1, 1] sums over the pixels."""
+    return tf.reduce_sum(x, axis=[2, 3], keepdims=True)
+
+
+def _paint_things(masks, order, cut, *, mask_threshold, overlap_threshold, max_segments):
+    """Step 2, one slot at a time in painting order.
+
+    Args:
+        masks: [B, D, H, W] float32. order: [B, D] int32 slot painted t-th.
+        cut: [B, D] float32 in painting order: the least visible area that may be kept before the
+            overlap rule (1 for candidates, H * W + 1 for the other slots).
+
+    Returns:
+        (free [B, 1, H, W]: 1 where unclaimed, 1 - id where thing id took the pixel (None when
+        D = 0);
+        kept, segment (the thing count after the step), visible: [B, D] in painting order;
+        num_things [B, 1]).
+    """
+    num_slots = masks.shape[1]
+    f32 = tf.float32
+    threshold = tf.constant(mask_threshold, f32)
+    overlap = tf.constant(overlap_threshold, f32)
+    orders = tf.split(order, num_slots, axis=1) if num_slots else []  # D x [B, 1]
+    cuts = tf.split(tf.reshape(cut, [-1, num_slots, 1, 1]), num_slots, axis=1) if num_slots else []
+    free = count = None  # before the first step: every pixel free, no thing
     kept, segment, visible = [], [], []
-    for t, row in enumerate(tf.unstack(binary) if num_slots else []):
-        overlap = 0.0 if claimed is None else tf.reduce_sum(row * claimed)
-        vis = mask_area[t] - overlap
-        keep = (ordered_candidate[t] * tf.cast(vis > 0, f32)
-                * tf.cast(vis >= needed[t], f32) * tf.cast(count < max_segments, f32))
-        count = count + keep
-        claimed = keep * row if claimed is None else tf.maximum(claimed, keep * row)
-        first = (keep * (num_slots - t)) * row if first is None else tf.maximum(first, (keep * (num_slots - t)) * row)
+    for t in range(num_slots):
+        mask = tf.gather(masks, orders[t], axis=1, batch_dims=1)  # [B, 1, H, W]
+        outside = tf.math.ceil(tf.nn.relu(threshold - mask))  # 0 exactly where mask >= threshold
+        inside = tf.nn.relu(1.0 - outside)
+        area = _total(inside)
+        new = inside if free is None else tf.nn.relu(free - outside)
+        shown = area if free is None else _total(new)
+        keep = tf.cast(shown >= tf.maximum(overlap * area, cuts[t]), f32)
+        if max_segments < num_slots:  # otherwise the table always has room
+            keep = keep * (float(max_segments > 0) if count is None else tf.cast(count < max_segments, f32))
+        count = keep if count is None else count + keep
+        free = (1.0 if free is None else free) - new * (keep * count)
         kept.append(keep)
         segment.append(count)
-        visible.append(vis)
-    kept = tf.stack(kept) if num_slots else tf.zeros([0], f32)
-    segment = tf.stack(segment) if num_slots else tf.zeros([0], f32)
-    visible = tf.stack(visible) if num_slots else tf.zeros([0], f32)
-    num_things = count
-    if first is None:
-        first = tf.zeros([pixels], f32)
-    by_priority = tf.concat([tf.zeros([1], f32), tf.reverse(segment * kept, [0])], 0)  # [D + 1]
-    label = tf.gather(by_priority, tf.cast(first, tf.int32))
-    free = tf.cast(tf.equal(first, 0.0), f32)
+        visible.append(shown)
+    if not num_slots:
+        return None, cut, cut, cut, tf.reduce_sum(cut, axis=1, keepdims=True)  # cut is [B, 0]: zeros
+    flat = [tf.reshape(tf.concat(x, axis=1), [-1, num_slots]) for x in (kept, segment, visible)]
+    return (free, *flat, tf.reshape(count, [-1, 1]))
+
+
+def _paint_stuff(semantic_logits, free, is_stuff):
+    """Step 3's per-channel members: the argmax channel of each unclaimed pixel.
+
+    Args:
+        semantic_logits: [B, H, W, S] float32. free: [B, 1, H, W] from `_paint_things`.
+        is_stuff: [S] bool.
+
+    Returns:
+        (members: S x [B, 1, H, W] 0/1, the unclaimed pixels whose argmax is that channel;
+        area [B, S]; probability [B, S]: sum over the members of the channel's softmax).
+    """
+    num_channels = semantic_logits.shape[-1]
+    planes = tf.split(tf.transpose(semantic_logits, [0, 3, 1, 2]), num_channels, axis=1)
+    top = planes[0]
+    for plane in planes[1:]:
+        top = tf.maximum(top, plane)
+    available = tf.nn.relu(free) if free is not None else tf.ones_like(top)  # 1 on unclaimed pixels
+    members, exps = [], []
+    for plane in planes:
+        gap = plane - top  # <= 0; floor(gap) is 0 only where the plane holds the maximum
+        member = tf.nn.relu(available + tf.math.floor(gap))
+        available = available - member  # later channels lose ties
+        members.append(member)
+        exps.append(tf.exp(gap))
+    inverse = 1.0 / tf.add_n(exps)  # the argmax channel's softmax probability
+    area = tf.concat([_total(m) for m in members], axis=1)
+    probability = tf.concat([_total(m * inverse) if stuff else tf.zeros_like(_total(m))
+                             for m, stuff in zip(members, is_stuff)], axis=1)
+    return members, tf.reshape(area, [-1, num_channels]), tf.reshape(probability, [-1, num_channels])
+
+
+def _fuse(masks, scores, classes, num_detections, semantic_logits, *, stuff_categories, thing_class,
+          score_threshold, mask_threshold, overlap_threshold, min_stuff_area, max_segments):
+    """Batched fusion: [B, D, H, W], [B, D], [B, D], [B], [B, H, W, S] -> the output dict."""
+    num_slots, height, width = masks.shape[1:]
+    num_channels = semantic_logits.shape[-1]
+    category_of_channel, is_stuff = _stuff_table(num_channels, stuff_categories, thing_class)
+    f32 = tf.float32
+
+    # 1. candidates and the painting order.
+    perm, candidate = _painting_order(scores, classes, num_detections, score_threshold)
+    index = tf.constant(np.arange(num_slots, dtype=np.float32)[None])
+    order = tf.cast(_in_order(perm, index + tf.zeros_like(scores)), tf.int32)
+    cut = 1.0 + (1.0 - _in_order(perm, candidate)) * float(height * width + 1)
+
+    # 2. things.
+    free, kept, segment, visible, num_things = _paint_things(
+        masks, order, cut, mask_threshold=mask_threshold, overlap_threshold=overlap_threshold,
+        max_segments=max_segments)
 
     # 3. stuff on the unclaimed pixels.
-    logits = tf.reshape(tf.cast(semantic_logits, f32), [pixels, num_channels])
-    channel = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    probability = tf.nn.softmax(logits, axis=-1)
-    member = tf.cast(tf.equal(channel[:, None], tf.range(num_channels)[None, :]), f32) * free[:, None]
-    stuff_area = tf.reduce_sum(member, axis=0)  # [S]
-    stuff_prob = tf.reduce_sum(member * probability, axis=0)
-    stuff_keep = (tf.constant(is_stuff.astype(np.float32)) * tf.cast(stuff_area >= max(min_stuff_area, 1), f32))
-    position = num_things + tf.cumsum(stuff_keep)
+    members, stuff_area, stuff_prob = _paint_stuff(semantic_logits, free, is_stuff)
+    stuff_keep = tf.constant(is_stuff.astype(np.float32)) * tf.cast(stuff_area >= max(min_stuff_area, 1), f32)
+    inclusive = tf.constant(np.tri(num_channels, dtype=np.float32)[None])  # [1, c, c']: c' <= c
+    position = num_things + tf.reduce_sum(inclusive * tf.expand_dims(stuff_keep, 1), axis=2)
     stuff_keep = stuff_keep * tf.cast(position <= max_segments, f32)
-    stuff_segment = stuff_keep * position  # [S], 0 where dropped
-    label = label + free * tf.gather(stuff_segment, channel)
-    num_segments = num_things + tf.reduce_sum(stuff_keep)
+    stuff_segment = stuff_keep * position  # [B, S], 0 where dropped
+    label = 1.0 - free if free is not None else tf.zeros_like(members[0])  # thing ids, 0 where unclaimed
+    ids = tf.split(tf.reshape(stuff_segment, [-1, num_channels, 1, 1]), num_channels, axis=1)
+    for member, segment_id, stuff in zip(members, ids, is_stuff):
+        if stuff:
+            label = label + member * segment_id
+    num_segments = tf.reshape(num_things, [-1]) + tf.reduce_sum(stuff_keep, axis=1)
 
     # 4. the segment table.
-    slot = tf.range(1, max_segments + 1, dtype=f32)[None, :]  # [1, N]
-    thing_hot = kept[:, None] * tf.cast(tf.equal(segment[:, None], slot), f32)  # [D, N]
-    stuff_hot = tf.cast(tf.equal(stuff_segment[:, None], slot), f32) * stuff_keep[:, None]  # [S, N]
-    ordered_classes = tf.cast(tf.gather(classes, order), f32)
-    ordered_scores = tf.gather(scores, order)
-    category = (tf.reduce_sum(thing_hot * ordered_classes[:, None], axis=0)
-                + tf.reduce_sum(stuff_hot * tf.constant(category_of_channel.astype(np.float32))[:, None], axis=0))
-    area = (tf.reduce_sum(thing_hot * visible[:, None], axis=0)
-            + tf.reduce_sum(stuff_hot * stuff_area[:, None], axis=0))
-    mean_prob = stuff_prob / tf.maximum(stuff_area, 1.0)
-    score = (tf.reduce_sum(thing_hot * ordered_scores[:, None], axis=0)
-             + tf.reduce_sum(stuff_hot * mean_prob[:, None], axis=0))
+    slot = tf.constant(np.arange(1, max_segments + 1, dtype=np.float32)[None, None])  # [1, 1, N]
+    thing_hot = tf.expand_dims(kept, 2) * tf.cast(tf.equal(tf.expand_dims(segment, 2), slot), f32)  # [B, D, N]
+    stuff_hot = tf.cast(tf.equal(tf.expand_dims(stuff_segment, 2), slot), f32) * tf.expand_dims(stuff_keep, 2)
+
+    def table(thing_values, stuff_values):
+        return (tf.reduce_sum(thing_hot * tf.expand_dims(thing_values, 2), axis=1)
+                + tf.reduce_sum(stuff_hot * tf.expand_dims(stuff_values, 2), axis=1))
+
+    channel_category = tf.constant(category_of_channel.astype(np.float32)[None]) + tf.zeros_like(stuff_area)
+    category = table(_in_order(perm, tf.cast(classes, f32)), channel_category)
+    area = table(visible, stuff_area)
+    score = table(_in_order(perm, scores), stuff_prob / tf.maximum(stuff_area, 1.0))
     return {
-        "panoptic": tf.reshape(tf.cast(label, tf.int32), [height, width]),
+        "panoptic": tf.cast(tf.reshape(label, [-1, height, width]), tf.int32),
         "category": tf.cast(category, tf.int32),
         "is_thing": slot[0] <= num_things,
         "area": tf.cast(area, tf.int32),
@@ -218,21 +308,11 @@ def panoptic_fusion(masks, scores, classes, num_detections, semantic_logits, *, 
     options = dict(stuff_categories=stuff_categories, thing_class=thing_class, score_threshold=score_threshold,
                    mask_threshold=mask_threshold, overlap_threshold=overlap_threshold,
                    min_stuff_area=min_stuff_area, max_segments=int(max_segments))
-    if not batched:
-        return _fuse_one(masks, scores, classes, num_detections, semantic_logits, **options)
-    num_detections = tf.reshape(num_detections, [-1])
-    if masks.shape[0] is not None:  # static batch (export: B = 1): a Python loop, no WHILE
-        images = [_fuse_one(masks[b], scores[b], classes[b], num_detections[b], semantic_logits[b], **options)
-                  for b in range(masks.shape[0])]
-        return {k: tf.stack([image[k] for image in images]) for k in OUTPUT_KEYS}
-    signature = {"panoptic": tf.TensorSpec(masks.shape[-2:], tf.int32),
-                 "category": tf.TensorSpec([max_segments], tf.int32),
-                 "is_thing": tf.TensorSpec([max_segments], tf.bool),
-                 "area": tf.TensorSpec([max_segments], tf.int32),
-                 "score": tf.TensorSpec([max_segments], tf.float32),
-                 "num_segments": tf.TensorSpec([], tf.int32)}
-    return tf.map_fn(lambda a: _fuse_one(*a, **options),
-                     (masks, scores, classes, num_detections, semantic_logits), fn_output_signature=signature)
+    if batched:
+        return _fuse(masks, scores, classes, tf.reshape(num_detections, [-1]), semantic_logits, **options)
+    out = _fuse(masks[None], scores[None], classes[None], tf.reshape(num_detections, [1]), semantic_logits[None],
+                **options)
+    return {k: v[0] for k, v in out.items()}
 
 
 def panoptic_fusion_numpy(masks, scores, classes, num_detections, semantic_logits, *, stuff_categories,
