@@ -333,7 +333,8 @@ def chart(results, path):
 
     rows = []
     for name, r in results.items():
-        memory = {k: ([p[0] / 60 for p in v], [p[1] for p in v]) for k, v in r["memory_series"].items()}
+        memory = {k: ([p[0] / 60 for p in v if p[0] >= 0], [p[1] for p in v if p[0] >= 0])  # from the first frame
+                  for k, v in r["memory_series"].items()}
         mem_panel = line_chart(memory, title=f"{name}: memory", xlabel="minutes", ylabel="MB", size=(560, 320))
         lat = {}
         for kind in ("wall", "cpu"):
@@ -345,7 +346,7 @@ def chart(results, path):
         lat[f"{P99_RATIO}x first {r['latency_checked']} p99"] = ([w[0]["t"] / 60, w[-1]["t"] / 60],
                                                                [P99_RATIO * r["first_p99_ms"]] * 2)
         lat_panel = line_chart(lat, title=f"{name}: ms per frame, {r['window_s']:.0f} s windows",
-                               xlabel="minutes", ylabel="ms", size=(560, 320), ylim=(0, None))
+                               xlabel="minutes", ylabel="ms (log)", size=(560, 320), logy=True)
         rows.append(side_by_side([mem_panel, lat_panel]))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
