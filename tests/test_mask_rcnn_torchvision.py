@@ -315,8 +315,68 @@ def test_full_size_matches_torchvision_live(tmp_path):
 @pytest.mark.slow
 @pytest.mark.data
 def test_config_round_trip_and_keras_file(reduced, tmp_path):
+    """The converted, untrained model reloads from .keras as the training-capable class and still
+    gives torchvision's detections (the fixture's), not only its own."""
     from tests.testing import check_config_round_trip, check_save_reload
 
-    model, image, _ = reduced[0]
+    model, image, expected = reduced[0]
     check_config_round_trip(model)
-    check_save_reload(model, image[None].astype(np.float32), tmp_path)
+    restored = check_save_reload(model, image[None].astype(np.float32), tmp_path)
+    assert restored.loss_names() == ("rpn_objectness", "rpn_box", "box_class", "box_regression", "mask")
+    errors = detection_errors(_outputs(restored, image), expected, image.shape[:2])
+    assert errors["count"][0] == errors["count"][1] and errors["unmatched"] == [], errors
+    assert errors["box_error"] <= BOX_TOLERANCE and errors["score_error"] <= SCORE_TOLERANCE, errors
+    assert errors["min_mask_iou"] >= MIN_MASK_IOU, errors
+
+
+# A 64 x 64 model (no resize inside), few proposals and samples: seconds per training step.
+# rpn_batch_size is every anchor (1023 at 64 x 64), so the sparse P5 / P6 levels are in every
+# RPN sample and every trainable weight gets a gradient whatever the draw.
+TINY = dict(min_size=64, max_size=64, rpn_pre_nms_topk=100, rpn_post_nms_topk=50, rpn_pre_nms_topk_train=200,
+            rpn_post_nms_topk_train=100, rpn_batch_size=1023, roi_batch_size=64, max_detections=20)
+
+
+def tiny_seeded_model():
+    """A 64 x 64 TorchvisionMaskRCNN (90 classes) with the fixture's seeded torchvision weights."""
+    from kseg.models.mask_rcnn import TorchvisionMaskRCNN
+
+    return load_torchvision_mask_rcnn(TorchvisionMaskRCNN((64, 64), **TINY), _state_dict(np.load(FIXTURE)))
+
+
+def test_training_settings_are_checked():
+    from kseg.models.mask_rcnn import TorchvisionMaskRCNN
+
+    with pytest.raises(ValueError, match=r"`roi_batch_size` 512 samples 384 background ROIs, more than the 100 "
+                                         r"training proposals"):
+        TorchvisionMaskRCNN((64, 64), **{**TINY, "roi_batch_size": 512})
+    with pytest.raises(ValueError, match=r"`rpn_batch_size` 2000 .*expected 1 to 1023 anchors"):
+        TorchvisionMaskRCNN((64, 64), **{**TINY, "rpn_batch_size": 2000})
+
+
+@pytest.mark.slow
+def test_fit_one_step_trains_all_but_the_frozen_parts():
+    """One `fit` step on shapes batches: finite losses; every trainable weight moves; the frozen
+    batch norms, the stem and layer1 (torchvision's trainable_layers=3) stay as loaded."""
+    import keras
+
+    from kseg.data.instances import instance_dataset
+    from kseg.data.shapes import shapes_dataset_examples
+
+    model = tiny_seeded_model()
+    trainable = {w.path for w in model.trainable_weights}
+    frozen = [w for w in model.weights if w.path not in trainable]
+    assert len(frozen) == 53 * 4 + 1 + 10  # 53 batch norms (4 statistics each), conv1, layer1's 10 convs
+    assert {p.split("/")[0] for p in trainable if p.startswith(("conv1", "bn", "layer1_"))} == set()
+    assert {"layer2_0_conv1/kernel", "layer4_2_conv3/kernel", "fpn/output_P5/kernel"} <= trainable
+    examples = shapes_dataset_examples(2, seed=0, image_size=(64, 64))
+    dataset = instance_dataset(examples, image_size=(64, 64), max_instances=8, batch_size=2, shuffle=False,
+                               flip=False, repeat=False)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    before = {w.path: np.array(w) for w in model.weights}
+    logs = model.fit(dataset, epochs=1, verbose=0).history
+    assert sorted(logs) == sorted(("loss",) + model.loss_names())
+    assert all(np.isfinite(v[0]) and v[0] > 0 for v in logs.values()), logs
+    unchanged = [w.path for w in model.trainable_weights if np.array_equal(before[w.path], w)]
+    assert unchanged == []
+    moved = [w.path for w in frozen if not np.array_equal(before[w.path], w)]
+    assert moved == []

@@ -4,7 +4,8 @@ The file gives the architecture (its class and constructor config) and every wei
 gives its class count and input size. What differs is said, never guessed:
 
     family        the file's class must be the one the run trains (semantic: UNet, MobileUNet
-                  or SegFormer; instance: MaskRCNN; panoptic: PanopticFPN, or MaskFormer with
+                  or SegFormer; instance: MaskRCNN or TorchvisionMaskRCNN (`kseg convert` of a
+                  torchvision checkpoint); panoptic: PanopticFPN, or MaskFormer with
                   --model maskformer); flags that pick an architecture (--model, --model-config) must
                   name the file's, else the error lists the settings that differ
     num_classes   when the run's differs, every weight whose shape follows the class count
@@ -183,9 +184,9 @@ def task_families(model_name):
 
         return tuple(dict.fromkeys(cls for cls, _ in _MODELS.values()))
     if model_name == "mask_rcnn":
-        from kseg.models.mask_rcnn import MaskRCNN
+        from kseg.models.mask_rcnn import MaskRCNN, TorchvisionMaskRCNN
 
-        return (MaskRCNN,)
+        return (MaskRCNN, TorchvisionMaskRCNN)
     if model_name == "maskformer":
         from kseg.models.maskformer import MaskFormer
 

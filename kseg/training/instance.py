@@ -44,7 +44,7 @@ from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from kseg.data.yolo import read_yolo_data, read_yolo_yaml
 from kseg.metrics.coco import STAT_NAMES, InstanceAP
 from kseg.models.base import dtype_policy_scope
-from kseg.models.mask_rcnn import LOSSES, SMALL_CONFIG, MaskRCNN
+from kseg.models.mask_rcnn import LOSSES, SMALL_CONFIG, MaskRCNN, TorchvisionMaskRCNN
 from kseg.training import callbacks as kcallbacks
 from kseg.training.finetune import config_expectation, init_model, task_families
 from kseg.training.loop import distribution_record, fit_run, start_run, training_input
@@ -443,7 +443,8 @@ def train_instances(spec, output_dir, model_config=None, model_kwargs=None, epoc
         augment: random horizontal flips.
         time_budget: stop after the epoch that ends past this many seconds of training.
         seed: seeds Keras/TF/NumPy and the data order.
-        init: a .keras MaskRCNN to fine-tune (`kseg.training.finetune.init_model`).
+        init: a .keras MaskRCNN, or TorchvisionMaskRCNN (`kseg convert`), to fine-tune
+            (`kseg.training.finetune.init_model`).
         **distribution: strategy, cpu_replicas, mixed_precision, jit_compile and
             lr_reference_batch, as `kseg.training.train`.
 
@@ -568,8 +569,10 @@ def default_model_path(run_dir):
 
 
 def load_instance_model(run_dir=None, path=None):
-    """The MaskRCNN of `path`, default `run_dir`'s best.keras (final.keras when there is none)."""
-    return load_model_file(run_dir, path, MaskRCNN, "a MaskRCNN (an instance run's model)")
+    """The MaskRCNN (or TorchvisionMaskRCNN, fine-tuned with --init) of `path`, default `run_dir`'s
+    best.keras (final.keras when there is none)."""
+    return load_model_file(run_dir, path, (MaskRCNN, TorchvisionMaskRCNN),
+                           "a MaskRCNN or TorchvisionMaskRCNN (an instance run's model)")
 
 
 def load_model_file(run_dir, path, cls, expected):

@@ -16,14 +16,40 @@ ratio 2, levels P2..P5 by FPN's rule with canonical size 224 at level 4), the tw
 head and the four-conv mask head (`BoxHead`, `MaskHead`), and the mask pasting of
 `paste_masks_in_image`. Everything is fixed once (h0, w0) is: a TFLite graph takes exactly
 that image size.
+
+Fine-tuning. The functional graph above is the inference path, torchvision's; `fit` trains the
+same layers with kseg's Mask R-CNN training (`LossDictTraining`, the targets and samplers of
+`kseg.models.mask_rcnn.targets`, the five losses of `MaskRCNN`) on the batches of
+`kseg.data.instances.instance_dataset` (ground truth in original-image pixels):
+
+    batch        "image" [B, h0, w0, 3], "boxes" [B, M, 4] (y1, x1, y2, x2) pixels, "classes"
+                 [B, M] (1..K, 0 pads), "masks" [B, M, h0, w0], optional "seed" [B, 2]
+
+Boxes are scaled into the resized image (per axis, as torchvision's transform); the frozen
+batch norms and, with `trainable_stages=3`, the stem and layer1 never train, as in torchvision.
+Where the training differs from torchvision's (`RoIHeads`, `RegionProposalNetwork` in training
+mode): the box regression loss is smooth L1 with beta 1 (torchvision 1 / 9); the box head's
+sample keeps round(roi_batch_size x roi_positive_fraction) slots for foreground ROIs and leaves
+them empty when there are fewer (torchvision fills them with background ROIs); the mask targets
+are read bilinearly at the 28 x 28 bin centres of the full-resolution mask and binarized at 0.5
+(torchvision: `roi_align`, aligned=False, of the mask resized by nearest neighbour); sampling
+draws from each example's own seed. The RPN's sampling (256 anchors, half positive, IoU 0.7 /
+0.3 with each box's best anchors positive), its losses (logistic, smooth L1 with beta 1 / 9 over
+the sampled anchors), the ROI foreground IoU (0.5) and the training proposals (2000 per level
+before NMS, 2000 after) are torchvision's.
 """
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from kseg.backbones.torchvision_resnet import torchvision_resnet50
 from kseg.layers import FPN, ROIAlign
+from kseg.models.base import LossDictTraining, SegmentationModel
+from kseg.models.mask_rcnn import targets
 from kseg.models.mask_rcnn.heads import BoxHead, MaskHead, RPNHead
 from kseg.models.mask_rcnn.layers import DetectedMasks
+from kseg.models.mask_rcnn.mask_rcnn import LOSSES, _smooth_l1
 from kseg.models.mask_rcnn.torchvision_layers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -35,12 +61,15 @@ from kseg.models.mask_rcnn.torchvision_layers import (
     resized_size,
 )
 from kseg.ops import boxes as box_ops
+from kseg.ops import masks as mask_ops
+from kseg.ops import nms
+from kseg.ops.replicas import global_count
 
 COCO_CLASSES = 90  # torchvision's 91 outputs less the background
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class TorchvisionMaskRCNN(keras.Model):
+class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
     """Mask R-CNN exactly as torchvision's `maskrcnn_resnet50_fpn` (inference), for one image size.
 
     Args:
@@ -54,7 +83,12 @@ class TorchvisionMaskRCNN(keras.Model):
         box_score_threshold, box_nms_iou, max_detections: 0.05, 0.5, 100.
         roi_align_method: "crop_and_resize" or "gather" (builtin TFLite ops, for export).
         paste_masks: masks in original-image pixels (True) or on each box's 28 x 28 grid.
-        trainable_stages: ResNet stages that train when fine-tuning (3, as torchvision).
+        trainable_stages: ResNet stages that train when fine-tuning (3, as torchvision: the
+            stem and layer1 stay frozen).
+        rpn_pre_nms_topk_train, rpn_post_nms_topk_train: the proposals of training (2000, 2000).
+        rpn_batch_size, rpn_positive_fraction: anchors sampled per image for the RPN loss (256, 0.5).
+        roi_batch_size, roi_positive_fraction: ROIs sampled per image for the heads (512, 0.25);
+            the background part needs as many training proposals.
 
     Example:
         >>> model = TorchvisionMaskRCNN((64, 96), num_classes=3, min_size=64, max_size=96,
@@ -65,7 +99,9 @@ class TorchvisionMaskRCNN(keras.Model):
                  image_std=IMAGENET_STD, anchor_sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0),
                  rpn_pre_nms_topk=1000, rpn_post_nms_topk=1000, rpn_nms_iou=0.7, box_score_threshold=0.05,
                  box_nms_iou=0.5, max_detections=100, roi_align_method="crop_and_resize", paste_masks=True,
-                 trainable_stages=3, name="torchvision_mask_rcnn", **kwargs):
+                 trainable_stages=3, rpn_pre_nms_topk_train=2000, rpn_post_nms_topk_train=2000, rpn_batch_size=256,
+                 rpn_positive_fraction=0.5, roi_batch_size=512, roi_positive_fraction=0.25,
+                 name="torchvision_mask_rcnn", **kwargs):
         image_size = tuple(int(v) for v in image_size)
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"`image_size` must be (H, W) positive ints; got {image_size!r}.")
@@ -84,6 +120,18 @@ class TorchvisionMaskRCNN(keras.Model):
         strides = [(padded[0] // h, padded[1] // w) for h, w in grids]
         anchors = box_ops.torchvision_anchor_boxes(grids, strides, anchor_sizes, aspect_ratios)
         counts = [h * w * len(aspect_ratios) for h, w in grids]
+        # The training proposals (fewer than rpn_post_nms_topk_train when the levels have fewer
+        # anchors) must fill the background slots of the ROI sample.
+        proposals_train = min(rpn_post_nms_topk_train, sum(min(rpn_pre_nms_topk_train, c) for c in counts))
+        background_slots = roi_batch_size - int(round(roi_batch_size * roi_positive_fraction))
+        if background_slots > proposals_train:
+            raise ValueError(f"`roi_batch_size` {roi_batch_size} samples {background_slots} background ROIs, more than "
+                             f"the {proposals_train} training proposals (`rpn_post_nms_topk_train` "
+                             f"{rpn_post_nms_topk_train}, `rpn_pre_nms_topk_train` {rpn_pre_nms_topk_train} per level "
+                             f"of {counts} anchors); expected at most {proposals_train}")
+        if int(round(rpn_batch_size * rpn_positive_fraction)) < 1 or rpn_batch_size > sum(counts):
+            raise ValueError(f"`rpn_batch_size` {rpn_batch_size} (positive fraction {rpn_positive_fraction}): expected "
+                             f"1 to {sum(counts)} anchors with at least one positive")
 
         transform = TorchvisionTransform(resized, padded, image_mean, image_std, name="transform")
         body = torchvision_resnet50(padded + (3,), trainable_stages=trainable_stages)
@@ -130,19 +178,82 @@ class TorchvisionMaskRCNN(keras.Model):
         self.roi_align_method = roi_align_method
         self.paste_masks = paste_masks
         self.trainable_stages = trainable_stages
+        self.rpn_pre_nms_topk_train = rpn_pre_nms_topk_train
+        self.rpn_post_nms_topk_train = rpn_post_nms_topk_train
+        self.rpn_batch_size = rpn_batch_size
+        self.rpn_positive_fraction = rpn_positive_fraction
+        self.roi_batch_size = roi_batch_size
+        self.roi_positive_fraction = roi_positive_fraction
         # The parts, for the weight converter and for stage-by-stage checks.
         self.resized_size, self.padded_size, self.anchors = resized, padded, anchors
         self.transform, self.body, self.fpn, self.rpn_head = transform, body, fpn, rpn_head
         self.proposals_layer, self.detections_layer = proposals_layer, detections_layer
         self.box_align, self.mask_align, self.box_head, self.mask_head = box_align, mask_align, box_head, mask_head
+        # Training only (weightless): torchvision's training proposals.
+        self.proposals_train = TorchvisionProposals(anchors, counts, resized, rpn_pre_nms_topk_train,
+                                                    rpn_post_nms_topk_train, rpn_nms_iou, name="proposals_train")
+        self._init_loss_trackers()
 
-    def pyramid_features(self, images):
+    def pyramid_features(self, images, training=False):
         """Raw images [B, h0, w0, 3] -> the FPN levels {"P2": ..., "P6": ...}."""
-        return self.fpn(self.body(self.transform(images)))
+        return self.fpn(self.body(self.transform(images), training=training), training=training)
 
     def proposals(self, images):
         """Raw images -> (proposals [B, P, 4] in resized-image pixels, num [B])."""
         return self.proposals_layer(*self.rpn_head(self.pyramid_features(images)))
+
+    @classmethod
+    def loss_names(cls):
+        return LOSSES
+
+    def compute_losses(self, batch, training=True):
+        """The five Mask R-CNN losses (`MaskRCNN`'s, module docstring) on a padded ground-truth
+        batch in original-image pixels: {name: scalar}."""
+        features = {k: tf.cast(v, tf.float32) for k, v in self.pyramid_features(batch["image"], training).items()}
+        to_resized = np.float32(self.resized_size) / np.float32(self.image_size)  # (sy, sx)
+        box_scale = tf.constant(np.tile(to_resized, 2), tf.float32)
+        gt_boxes = tf.cast(batch["boxes"], tf.float32) * box_scale
+        gt_classes = tf.cast(batch["classes"], tf.int32)
+        seeds = batch.get("seed")  # each example's own sampling seed (targets.sampling_noise)
+        logits, deltas = (tf.cast(t, tf.float32) for t in self.rpn_head(features))
+
+        rpn = targets.rpn_targets(self.anchors, gt_boxes, gt_classes, num_samples=self.rpn_batch_size,
+                                  positive_fraction=self.rpn_positive_fraction, seeds=seeds)
+        sampled = tf.cast(rpn["positive"] | rpn["negative"], tf.float32)
+        positive = tf.cast(rpn["positive"], tf.float32)
+        normalizer = tf.cast(tf.shape(gt_boxes)[0] * self.rpn_batch_size, tf.float32)
+        objectness = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=logits)
+        rpn_box = _smooth_l1(deltas - tf.stop_gradient(rpn["deltas"]), beta=1.0 / 9.0)
+
+        proposals, num_proposals = self.proposals_train(tf.stop_gradient(logits), tf.stop_gradient(deltas))
+        valid = nms.valid_mask(num_proposals, proposals.shape[1])
+        rois = targets.roi_targets(proposals, valid, gt_boxes, gt_classes, num_samples=self.roi_batch_size,
+                                   positive_fraction=self.roi_positive_fraction, seeds=seeds)
+        class_logits, box_deltas = (tf.cast(t, tf.float32) for t in self.box_head(self.box_align(features,
+                                                                                                  rois["rois"])))
+        roi_valid = tf.cast(rois["valid"], tf.float32)
+        roi_count = tf.maximum(global_count(tf.reduce_sum(roi_valid)), 1.0)
+        box_class = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rois["classes"], logits=class_logits)
+        own = tf.gather(box_deltas, tf.maximum(rois["classes"] - 1, 0), batch_dims=2)  # [B, S, 4]
+        foreground = tf.cast(rois["foreground"], tf.float32)
+        box_regression = _smooth_l1(own - rois["deltas"], beta=1.0)
+
+        slots = rois["num_foreground_slots"]
+        fg_rois, fg_classes = rois["rois"][:, :slots], rois["classes"][:, :slots]
+        mask_logits = tf.cast(self.mask_head(self.mask_align(features, fg_rois)), tf.float32)
+        own_mask = mask_ops.class_masks(mask_logits, fg_classes)
+        # The ROIs back in original-image pixels, where the ground-truth masks are.
+        mask_target = targets.mask_targets(batch["masks"], fg_rois / box_scale, rois["matched"][:, :slots],
+                                           own_mask.shape[-1])
+        mask_bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=mask_target, logits=own_mask), [2, 3])
+        fg_slots = foreground[:, :slots]
+        return {
+            "rpn_objectness": tf.reduce_sum(objectness * sampled) / normalizer,
+            "rpn_box": tf.reduce_sum(rpn_box * positive[..., None]) / normalizer,
+            "box_class": tf.reduce_sum(box_class * roi_valid) / roi_count,
+            "box_regression": tf.reduce_sum(box_regression * foreground[..., None]) / roi_count,
+            "mask": tf.reduce_sum(mask_bce * fg_slots) / tf.maximum(global_count(tf.reduce_sum(fg_slots)), 1.0),
+        }
 
     def get_config(self):
         return {
@@ -153,5 +264,8 @@ class TorchvisionMaskRCNN(keras.Model):
             "rpn_nms_iou": self.rpn_nms_iou, "box_score_threshold": self.box_score_threshold,
             "box_nms_iou": self.box_nms_iou, "max_detections": self.max_detections,
             "roi_align_method": self.roi_align_method, "paste_masks": self.paste_masks,
-            "trainable_stages": self.trainable_stages, "name": self.name,
+            "trainable_stages": self.trainable_stages, "rpn_pre_nms_topk_train": self.rpn_pre_nms_topk_train,
+            "rpn_post_nms_topk_train": self.rpn_post_nms_topk_train, "rpn_batch_size": self.rpn_batch_size,
+            "rpn_positive_fraction": self.rpn_positive_fraction, "roi_batch_size": self.roi_batch_size,
+            "roi_positive_fraction": self.roi_positive_fraction, **self.base_config(),
         }
