@@ -26,8 +26,12 @@ The checks (`analyse`), the same in tests/test_soak.py:
               the scheduler took the CPU away (tens of ms each time), not a drift. The page: the
               check is on wall-clock frame time (the page gives no CPU time).
 
-    python3 benchmarks/soak.py [--runner-frames 10000] [--gpu-frames 10000] [--video-frames 10000]
-                               [--page-seconds 600] [--window-s 60] [--paths runner-cpu,video,...]
+    python3 benchmarks/soak.py [--runner-frames 10000] [--gpu-frames 10000] [--gpu-seconds 900]
+                               [--video-frames 10000] [--page-seconds 600] [--page-warmup-s 150]
+                               [--window-s 60] [--paths runner-cpu,runner-gpu,video,page]
+
+Each path's result is saved as soon as it ends; paths that an earlier command saved in the same
+results file are kept, so the paths can run in separate commands (or at once, in parallel).
 
 The model is the ISBI U-Net of the export tests (tests.testing.trained_isbi_unet), exported at
 256 x 256 RGB (fp32); the GPU soak runs it at 64 x 64, as SwiftShader (a CPU emulating a GPU)
