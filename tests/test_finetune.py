@@ -137,3 +137,40 @@ def test_cli_semantic_run_starts_from_the_file(tmp_path, capsys):
         np.testing.assert_array_equal(got, want)
     run = json.loads((tmp_path / "run/run.json").read_text())
     assert run["model"]["name"] == "UNet" and run["init"]["loaded"] == len(source.weights)
+
+
+@pytest.mark.slow
+def test_cli_fine_tunes_a_converted_torchvision_mask_rcnn(tmp_path):
+    """--init with a TorchvisionMaskRCNN (what `kseg convert` writes from torchvision's 91-class
+    checkpoint; here the fixture's seeded weights at 64 x 64): two steps on 3 shapes classes leave
+    the classifier initialised and then trained, move every other trainable weight, keep the
+    frozen stem, layer1 and batch norms as in the file, and the run evaluates."""
+    from tests.test_mask_rcnn_torchvision import tiny_seeded_model
+
+    source = tiny_seeded_model()
+    path = saved(source, tmp_path, "tv.keras")
+    run_dir = tmp_path / "run"
+    with pytest.warns(UserWarning, match="TorchvisionMaskRCNN classifies 90 classes, the run 3"):
+        assert cli.main(["train", "--task", "instance", "--shapes", "6", "--image-size", "64", "--epochs", "1",
+                         "--steps-per-epoch", "2", "--batch-size", "2", "--init", str(path), "--output", str(run_dir),
+                         "--quiet"]) == 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["init"]["model"] == "TorchvisionMaskRCNN" and run["init"]["num_classes"] == [90, 3]
+    assert set(run["init"]["left_initialised"]) == {f"{head}/{w}" for head in ("box_head/class_logits",
+                                                                                "box_head/box_deltas",
+                                                                                "mask_head/mask_logits")
+                                                    for w in ("kernel", "bias")}
+    final = keras.models.load_model(run_dir / "final.keras")
+    assert type(final) is type(source) and final.num_classes == 3
+    want, trainable = weights_of(source), {w.path for w in final.trainable_weights}
+    assert len(trainable) == 84  # layer2..layer4 convs, FPN, RPN, box and mask heads
+    for w in final.weights:
+        if w.path not in trainable:
+            np.testing.assert_array_equal(np.asarray(w), want[w.path], err_msg=w.path)
+    reset = set(run["init"]["left_initialised"])
+    unmoved = [w.path for w in final.trainable_weights
+               if w.path not in reset and np.array_equal(np.asarray(w), want[w.path])]
+    assert unmoved == []
+    assert cli.main(["evaluate", "--run", str(run_dir), "--quiet"]) == 0
+    report = json.loads((run_dir / "evaluation.json").read_text())
+    assert report["images"] == run["train"]["val_images"] and report["segm"]["AP"] is not None

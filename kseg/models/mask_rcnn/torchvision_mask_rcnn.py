@@ -229,8 +229,8 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
         valid = nms.valid_mask(num_proposals, proposals.shape[1])
         rois = targets.roi_targets(proposals, valid, gt_boxes, gt_classes, num_samples=self.roi_batch_size,
                                    positive_fraction=self.roi_positive_fraction, seeds=seeds)
-        class_logits, box_deltas = (tf.cast(t, tf.float32) for t in self.box_head(self.box_align(features,
-                                                                                                  rois["rois"])))
+        heads = self.box_head(self.box_align(features, rois["rois"]))
+        class_logits, box_deltas = (tf.cast(t, tf.float32) for t in heads)
         roi_valid = tf.cast(rois["valid"], tf.float32)
         roi_count = tf.maximum(global_count(tf.reduce_sum(roi_valid)), 1.0)
         box_class = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rois["classes"], logits=class_logits)
