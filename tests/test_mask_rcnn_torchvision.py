@@ -344,13 +344,17 @@ def tiny_seeded_model():
 
 
 def test_training_settings_are_checked():
-    from kseg.models.mask_rcnn import TorchvisionMaskRCNN
+    from kseg.models.mask_rcnn.torchvision_mask_rcnn import check_training_sizes
 
+    counts = [768, 192, 48, 12, 3]  # anchors per level of a 64 x 64 image
+    check_training_sizes(counts, 200, 100, 1023, 0.5, 64, 0.25)
     with pytest.raises(ValueError, match=r"`roi_batch_size` 512 samples 384 background ROIs, more than the 100 "
                                          r"training proposals"):
-        TorchvisionMaskRCNN((64, 64), **{**TINY, "roi_batch_size": 512})
+        check_training_sizes(counts, 200, 100, 1023, 0.5, 512, 0.25)
+    with pytest.raises(ValueError, match=r"`roi_batch_size` 512 .* more than the 163 training proposals"):
+        check_training_sizes(counts, 50, 2000, 1023, 0.5, 512, 0.25)  # 50 + 50 + 48 + 12 + 3
     with pytest.raises(ValueError, match=r"`rpn_batch_size` 2000 .*expected 1 to 1023 anchors"):
-        TorchvisionMaskRCNN((64, 64), **{**TINY, "rpn_batch_size": 2000})
+        check_training_sizes(counts, 200, 100, 2000, 0.5, 64, 0.25)
 
 
 @pytest.mark.slow

@@ -120,18 +120,6 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
         strides = [(padded[0] // h, padded[1] // w) for h, w in grids]
         anchors = box_ops.torchvision_anchor_boxes(grids, strides, anchor_sizes, aspect_ratios)
         counts = [h * w * len(aspect_ratios) for h, w in grids]
-        # The training proposals (fewer than rpn_post_nms_topk_train when the levels have fewer
-        # anchors) must fill the background slots of the ROI sample.
-        proposals_train = min(rpn_post_nms_topk_train, sum(min(rpn_pre_nms_topk_train, c) for c in counts))
-        background_slots = roi_batch_size - int(round(roi_batch_size * roi_positive_fraction))
-        if background_slots > proposals_train:
-            raise ValueError(f"`roi_batch_size` {roi_batch_size} samples {background_slots} background ROIs, more than "
-                             f"the {proposals_train} training proposals (`rpn_post_nms_topk_train` "
-                             f"{rpn_post_nms_topk_train}, `rpn_pre_nms_topk_train` {rpn_pre_nms_topk_train} per level "
-                             f"of {counts} anchors); expected at most {proposals_train}")
-        if int(round(rpn_batch_size * rpn_positive_fraction)) < 1 or rpn_batch_size > sum(counts):
-            raise ValueError(f"`rpn_batch_size` {rpn_batch_size} (positive fraction {rpn_positive_fraction}): expected "
-                             f"1 to {sum(counts)} anchors with at least one positive")
 
         transform = TorchvisionTransform(resized, padded, image_mean, image_std, name="transform")
         body = torchvision_resnet50(padded + (3,), trainable_stages=trainable_stages)
@@ -185,7 +173,7 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
         self.roi_batch_size = roi_batch_size
         self.roi_positive_fraction = roi_positive_fraction
         # The parts, for the weight converter and for stage-by-stage checks.
-        self.resized_size, self.padded_size, self.anchors = resized, padded, anchors
+        self.resized_size, self.padded_size, self.anchors, self.level_counts = resized, padded, anchors, counts
         self.transform, self.body, self.fpn, self.rpn_head = transform, body, fpn, rpn_head
         self.proposals_layer, self.detections_layer = proposals_layer, detections_layer
         self.box_align, self.mask_align, self.box_head, self.mask_head = box_align, mask_align, box_head, mask_head
@@ -209,6 +197,9 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
     def compute_losses(self, batch, training=True):
         """The five Mask R-CNN losses (`MaskRCNN`'s, module docstring) on a padded ground-truth
         batch in original-image pixels: {name: scalar}."""
+        check_training_sizes(self.level_counts, self.rpn_pre_nms_topk_train, self.rpn_post_nms_topk_train,
+                             self.rpn_batch_size, self.rpn_positive_fraction, self.roi_batch_size,
+                             self.roi_positive_fraction)
         features = {k: tf.cast(v, tf.float32) for k, v in self.pyramid_features(batch["image"], training).items()}
         to_resized = np.float32(self.resized_size) / np.float32(self.image_size)  # (sy, sx)
         box_scale = tf.constant(np.tile(to_resized, 2), tf.float32)
@@ -269,3 +260,30 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
             "rpn_positive_fraction": self.rpn_positive_fraction, "roi_batch_size": self.roi_batch_size,
             "roi_positive_fraction": self.roi_positive_fraction, **self.base_config(),
         }
+
+
+def check_training_sizes(level_counts, pre_nms_topk, post_nms_topk, rpn_batch_size, rpn_positive_fraction,
+                         roi_batch_size, roi_positive_fraction):
+    """Raises ValueError, naming the argument, when the samples of training do not fit the anchors.
+
+    Checked when training starts, not when the model is built: an inference-only model of a
+    small image size keeps the defaults.
+
+    Args:
+        level_counts: anchors per level P2..P6.
+        pre_nms_topk, post_nms_topk: the training proposals (per level before NMS, after).
+        rpn_batch_size, rpn_positive_fraction: the RPN's anchor sample.
+        roi_batch_size, roi_positive_fraction: the heads' ROI sample; its background part is
+            drawn from the training proposals, which are fewer than `post_nms_topk` when the
+            levels have fewer anchors.
+    """
+    proposals = min(post_nms_topk, sum(min(pre_nms_topk, c) for c in level_counts))
+    background = roi_batch_size - int(round(roi_batch_size * roi_positive_fraction))
+    if background > proposals:
+        raise ValueError(f"`roi_batch_size` {roi_batch_size} samples {background} background ROIs, more than the "
+                         f"{proposals} training proposals (`rpn_post_nms_topk_train` {post_nms_topk}, "
+                         f"`rpn_pre_nms_topk_train` {pre_nms_topk} per level of {list(level_counts)} anchors); "
+                         f"expected at most {proposals}")
+    if int(round(rpn_batch_size * rpn_positive_fraction)) < 1 or rpn_batch_size > sum(level_counts):
+        raise ValueError(f"`rpn_batch_size` {rpn_batch_size} (positive fraction {rpn_positive_fraction}): expected "
+                         f"1 to {sum(level_counts)} anchors with at least one positive")
