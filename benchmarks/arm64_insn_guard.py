@@ -80,7 +80,8 @@ def main(argv=None):
 
     if args.update:
         if disagreeing:
-            print(f"error: not recording a baseline from rows that fail or disagree with x86: {disagreeing}", file=sys.stderr)
+            print(f"error: not recording a baseline from rows that fail or disagree with x86: {disagreeing}",
+                  file=sys.stderr)
             return EXIT_REGRESSION
         from kseg.utils import write_json
 
@@ -107,7 +108,8 @@ def main(argv=None):
     print(f"{'model@cpu'.ljust(width)}  {'baseline':>14}  {'now':>14}  change   verdict")
     for key, base, now, change, verdict in rows:
         fmt = lambda v: "-" if v is None else f"{v:,.0f}"
-        print(f"{key.ljust(width)}  {fmt(base):>14}  {fmt(now):>14}  {'-' if change is None else f'{change:+.2%}':>7}  {verdict}")
+        shown = "-" if change is None else f"{change:+.2%}"
+        print(f"{key.ljust(width)}  {fmt(base):>14}  {fmt(now):>14}  {shown:>7}  {verdict}")
     if disagreeing:
         print(f"these rows fail or disagree with x86: {disagreeing}")
     print(f"{'FAILED' if failed or disagreeing else 'passed'}: tolerance {args.tolerance:.0%} increase")

@@ -32,7 +32,8 @@ def isbi_calibration(size):
     from PIL import Image
 
     folder = ROOT / "kseg" / "data" / "samples" / "isbi2012" / "image"
-    images = [np.asarray(Image.open(p).convert("L").resize((size, size), Image.BILINEAR)) for p in sorted(folder.glob("*.png"))]
+    files = sorted(folder.glob("*.png"))
+    images = [np.asarray(Image.open(p).convert("L").resize((size, size), Image.BILINEAR)) for p in files]
     return np.stack(images)[:, None, :, :, None].astype(np.uint8)
 
 

@@ -277,8 +277,9 @@ def test_the_edge_benchmark_itself_runs_on_an_emulated_core(exported):
     argv = ["-m", "export.bench", "{model0}", "--threads", "1", "--runs", "2", "--warmup", "0", "--e2e-runs", "1"]
     result = arm_measure.guest_command([exported["unet_int8.tflite"]], "cortex-a76", argv, timeout=900)
     assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-2000:]
-    row = next(line for line in result.stdout.splitlines() if line.startswith("model-0.tflite"))
-    assert "cpu x1" in row and "FAILED" not in row
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("model-0.tflite ")]
+    assert [r[:3] for r in rows] == [["model-0.tflite", "cpu", "x1"]], result.stdout
+    assert "FAILED" not in result.stdout
 
 
 # ----------------------------------------------------------------------------- the instruction-count guard
@@ -294,9 +295,11 @@ def _guard():
 def test_the_guard_fails_on_an_increase_over_five_percent():
     guard = _guard()
     base = {"unet_int8.tflite@cortex-a76": 1000.0, "unet_fp32.tflite@cortex-a76": 3000.0}
-    rows, failed = guard.compare(base, {"unet_int8.tflite@cortex-a76": 1049.0, "unet_fp32.tflite@cortex-a76": 3000.0}, 0.05)
+    now = {"unet_int8.tflite@cortex-a76": 1049.0, "unet_fp32.tflite@cortex-a76": 3000.0}
+    rows, failed = guard.compare(base, now, 0.05)
     assert not failed and [r[4] for r in rows] == ["ok", "ok"]
-    rows, failed = guard.compare(base, {"unet_int8.tflite@cortex-a76": 1051.0, "unet_fp32.tflite@cortex-a76": 2000.0}, 0.05)
+    now = {"unet_int8.tflite@cortex-a76": 1051.0, "unet_fp32.tflite@cortex-a76": 2000.0}
+    rows, failed = guard.compare(base, now, 0.05)
     assert failed and {r[0]: r[4] for r in rows} == {"unet_int8.tflite@cortex-a76": "REGRESSION",
                                                     "unet_fp32.tflite@cortex-a76": "improved"}
     _, failed = guard.compare(base, {"unet_int8.tflite@cortex-a76": 1000.0}, 0.05)
@@ -307,7 +310,8 @@ def test_the_guard_records_and_checks_a_baseline_from_a_report(tmp_path):
     guard = _guard()
 
     def report(count, agree=True):
-        row = {"model": "unet_int8.tflite", "cpu": "cortex-a76", "agree": agree, "error": None, "insn_per_inference": count}
+        row = {"model": "unet_int8.tflite", "cpu": "cortex-a76", "agree": agree, "error": None,
+               "insn_per_inference": count}
         return {"rows": [row], "qemu": "7.2.22", "root": {"packages": {"ai-edge-litert": "2.3.0"}},
                 "settings": {"size": 64, "detector_size": 64, "seed": 0, "detector": True, "threads": 1},
                 "model_sha256": {"unet_int8.tflite": "ab"}}

@@ -18,7 +18,8 @@ def add_arguments(parser):
     parser.add_argument("--cpu", nargs="+", default=list(cpus.DEFAULT_CPUS), metavar="CPU",
                         help=f"emulated cores, QEMU -cpu names (default: {' '.join(cpus.DEFAULT_CPUS)}; known: "
                              f"{', '.join(cpus.CPUS)})")
-    parser.add_argument("--runs", type=int, default=2, metavar="N", help="inferences counted after the first (default: 2)")
+    parser.add_argument("--runs", type=int, default=2, metavar="N",
+                        help="inferences counted after the first (default: 2)")
     parser.add_argument("--threads", type=int, default=1, metavar="N",
                         help="LiteRT threads on both sides (default: 1; more makes instruction counts vary)")
     parser.add_argument("--image", metavar="FILE", help="image for image models (default: the embedded ISBI sample)")
@@ -61,7 +62,8 @@ def main(argv=None):
         except root.SetupError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        print(f"arm64 root {built.path} ({'built' if built.built_now else 'cached'}) in {time.perf_counter() - start:.1f} s")
+        state = "built" if built.built_now else "cached"
+        print(f"arm64 root {built.path} ({state}) in {time.perf_counter() - start:.1f} s")
         return EXIT_OK
     if not args.models:
         parser.error("give one or more .tflite models (or --setup-only)")

@@ -137,7 +137,8 @@ def _compare_one(ref, arm, variant, step):
         mismatched = int(np.count_nonzero(diff))
         ok = mismatched == 0
         return {**row, "agree": ok, "why": "" if ok else f"{mismatched} of {ref.size} integer values differ"}
-    if not (np.all(np.isfinite(ref) == np.isfinite(arm)) and np.array_equal(ref[~np.isfinite(ref)], arm[~np.isfinite(arm)], equal_nan=True)):
+    same_nonfinite = np.array_equal(ref[~np.isfinite(ref)], arm[~np.isfinite(arm)], equal_nan=True)
+    if not (np.all(np.isfinite(ref) == np.isfinite(arm)) and same_nonfinite):
         return {**row, "agree": False, "why": "non-finite values differ"}
     finite = np.isfinite(ref)
     diff = np.abs(ref.astype(np.float64) - arm.astype(np.float64))[finite]
@@ -154,9 +155,10 @@ def _compare_one(ref, arm, variant, step):
     if variant == "int8" and step is not None:
         row["max_quanta"] = int(np.ceil(row["max_abs_diff"] / step - 1e-6)) if step > 0 else None
         ok = row["max_abs_diff"] <= step * (1 + 1e-6)
-        return {**row, "agree": ok, "why": "" if ok else f"max |diff| {row['max_abs_diff']:.3g} > one quantum {step:.3g}"}
+        why = "" if ok else f"max |diff| {row['max_abs_diff']:.3g} > one quantum {step:.3g}"
+        return {**row, "agree": ok, "why": why}
     limit = FLOAT_TOLERANCE * np.maximum(1.0, np.abs(ref[finite].astype(np.float64)))
     worst = float(np.max(diff / limit)) if diff.size else 0.0
     ok = worst <= 1.0
-    return {**row, "agree": ok, "why": "" if ok else f"max |diff| {row['max_abs_diff']:.3g} exceeds 1e-5 x max(1, |x86|) "
-                                                      f"by {worst:.1f}x"}
+    why = "" if ok else f"max |diff| {row['max_abs_diff']:.3g} exceeds 1e-5 x max(1, |x86|) by {worst:.1f}x"
+    return {**row, "agree": ok, "why": why}

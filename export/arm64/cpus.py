@@ -20,8 +20,8 @@ import re
 # cortex-a76: phone-class big core with the dot-product extension (asimddp);
 # cortex-a53: Raspberry Pi 3-class little core without it.
 CPUS = {
-    "cortex-a53": {"implementer": 0x41, "variant": 0x0, "part": 0xD03, "revision": 4, "class": "small board (Raspberry Pi 3)"},
-    "cortex-a72": {"implementer": 0x41, "variant": 0x0, "part": 0xD08, "revision": 3, "class": "board (Raspberry Pi 4)"},
+    "cortex-a53": {"implementer": 0x41, "variant": 0x0, "part": 0xD03, "revision": 4, "class": "Raspberry Pi 3"},
+    "cortex-a72": {"implementer": 0x41, "variant": 0x0, "part": 0xD08, "revision": 3, "class": "Raspberry Pi 4"},
     "cortex-a76": {"implementer": 0x41, "variant": 0x4, "part": 0xD0B, "revision": 1, "class": "phone big core"},
     "neoverse-n1": {"implementer": 0x41, "variant": 0x4, "part": 0xD0C, "revision": 1, "class": "server core"},
 }

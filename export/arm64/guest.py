@@ -68,7 +68,8 @@ def main(argv):
         json.dump({"cpu_part": cpu_part()}, f)
     for k, entry in enumerate(job["models"]):
         try:
-            result = {"name": entry["name"], "error": None, **run_model(entry, job["threads"], job["runs"], TAG_STRIDE * (k + 1))}
+            times = run_model(entry, job["threads"], job["runs"], TAG_STRIDE * (k + 1))
+            result = {"name": entry["name"], "error": None, **times}
         except Exception as e:  # reported on this model's row; the next model still runs
             result = {"name": entry["name"], "error": f"{type(e).__name__}: {e}"}
         with open(entry["result"], "w") as f:

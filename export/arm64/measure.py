@@ -87,7 +87,8 @@ def guest_command(models, cpu, argv, timeout=3600.0):
         for i, path in enumerate(models):
             shutil.copy2(path, work / f"model-{i}{Path(path).suffix}")
             names[f"model{i}"] = f"{arm_root.GUEST_WORK}/model-{i}{Path(path).suffix}"
-        return arm_root.run_guest(root, cpu, [a.format(**names) for a in argv], work=work, cpuinfo=info, timeout=timeout)
+        argv = [a.format(**names) for a in argv]
+        return arm_root.run_guest(root, cpu, argv, work=work, cpuinfo=info, timeout=timeout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -225,7 +226,8 @@ def measure(models, cpu_list=cpus.DEFAULT_CPUS, runs=2, threads=1, image=None, t
                      "cached": not root.built_now,
                      "setup_s": setup_s},
             "settings": {"cpus": list(cpu_list), "runs": runs, "threads": threads, "image": image},
-            "models": [{k: i[k] for k in ("name", "path", "variant", "size_bytes", "num_ops", "inputs")} for i in infos],
+            "models": [{k: i[k] for k in ("name", "path", "variant", "size_bytes", "num_ops", "inputs")}
+                       for i in infos],
             "rows": rows, "ratios": ratios(rows)}
 
 
@@ -255,7 +257,8 @@ def ratios(rows):
     for (fam, cpu, variant), count in by.items():
         int8 = by.get((fam, cpu, "int8"))
         if variant == "fp32" and count and int8:
-            out.append({"family": fam, "cpu": cpu, "fp32_insn": count, "int8_insn": int8, "fp32_over_int8": count / int8})
+            out.append({"family": fam, "cpu": cpu, "fp32_insn": count, "int8_insn": int8,
+                        "fp32_over_int8": count / int8})
     return out
 
 
@@ -269,7 +272,8 @@ def format_report(report):
             lines.append([r["model"], r["variant"], r["cpu"], "FAILED: " + r["error"].splitlines()[0][:90]] + [""] * 7)
             continue
         fmt = lambda v, f: "-" if v is None else format(v, f)
-        lines.append([r["model"], r["variant"], r["cpu"], "yes" if r["agree"] else "NO", fmt(r.get("max_abs_diff"), ".2g"),
+        lines.append([r["model"], r["variant"], r["cpu"], "yes" if r["agree"] else "NO",
+                      fmt(r.get("max_abs_diff"), ".2g"),
                       fmt(r.get("max_quanta"), "d"), fmt(r.get("argmax_agreement"), ".4f"),
                       fmt(r["insn_per_inference"] / 1e6, ".2f"), fmt(r.get("insn_spread"), ".2%"),
                       fmt(r["insn_first"] / 1e6, ".2f"), fmt(r["insn_load"] / 1e6, ".2f")])
@@ -279,7 +283,8 @@ def format_report(report):
     for r in report["ratios"]:
         text.append(f"{r['family']} on {r['cpu']}: fp32 / int8 instructions per inference = {r['fp32_over_int8']:.2f}")
     root = report["root"]
-    text.append(f"QEMU {report['qemu']}, {report['settings']['threads']} thread(s), {report['settings']['runs']} counted "
+    settings = report["settings"]
+    text.append(f"QEMU {report['qemu']}, {settings['threads']} thread(s), {settings['runs']} counted "
                 f"inferences per row; root {root['folder']} ({'cached' if root['cached'] else 'built'}, "
                 f"set-up {root['setup_s']:.0f} s)")
     for r in report["rows"]:

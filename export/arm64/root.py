@@ -67,7 +67,8 @@ def cache_dir():
 def check_host():
     """Raises SetupError unless this is a root shell on x86-64 Linux with every tool the set-up uses."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        raise SetupError(f"the arm64 emulation set-up runs on x86-64 Linux; this is {platform.system()} {platform.machine()}")
+        raise SetupError(f"the arm64 emulation set-up runs on x86-64 Linux; this is "
+                         f"{platform.system()} {platform.machine()}")
     if os.geteuid() != 0:
         raise SetupError("the arm64 set-up needs root (debootstrap, chroot, mounts, binfmt_misc); run it as root")
     missing = sorted({pkg for tool, pkg in _HOST_TOOLS.items() if shutil.which(tool) is None})
@@ -150,7 +151,8 @@ def ensure_binfmt():
     if not entry.exists() or "enabled" not in entry.read_text():
         _call(["update-binfmts", "--enable", "qemu-aarch64"], "registering qemu-aarch64 with binfmt_misc")
     if not entry.exists() or "enabled" not in entry.read_text():
-        raise SetupError(f"{entry}: qemu-aarch64 is not registered after update-binfmts; is qemu-user-static installed?")
+        raise SetupError(f"{entry}: qemu-aarch64 is not registered after update-binfmts; "
+                         "is qemu-user-static installed?")
 
 
 def _call(command, what, log=None, **kwargs):
@@ -318,8 +320,9 @@ def install_tools(root, config, log):
     """Into a Debian arm64 root: the venv with the host's package versions, QEMU's x86 bundle and the plugin."""
     root = Path(root)
     _call(["chroot", str(root), "python3", "-m", "venv", "--without-pip", f"{GUEST_OPT}/venv"], "guest venv", log)
-    version = subprocess.run(["chroot", str(root), "python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    ask = "import sys; print('%d.%d' % sys.version_info[:2])"
+    version = subprocess.run(["chroot", str(root), "python3", "-c", ask], capture_output=True, text=True,
+                             check=True).stdout.strip()
     site = root / f"{GUEST_OPT.lstrip('/')}/venv/lib/python{version}/site-packages"
     platforms = [a for p in _PLATFORMS for a in ("--platform", p)]
     _call([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site), "--only-binary=:all:",
