@@ -98,6 +98,25 @@ def test_identical_instances_keep_only_the_first():
     assert out["score"][0] == np.float32(0.95)
 
 
+def test_visible_part_is_taken_against_the_union_of_kept_masks():
+    # A and B are kept and overlap each other; C lies on their shared rows. C's visible part is
+    # C minus (A | B) = 8 of 16 pixels, kept at 0.5; subtracting the pairwise overlaps
+    # (8 with A, 8 with B) would leave 0 and drop it.
+    masks = np.stack([box_mask(0, 0, 4, 4), box_mask(2, 0, 6, 4), box_mask(2, 0, 4, 8)])
+    out = fuse_both(masks, np.float32([0.9, 0.8, 0.7]), np.int32([1, 2, 3]), 3, ALL_VOID, stuff_categories=[5, 6])
+    assert out["num_segments"] == 3 and out["area"][:3].tolist() == [16, 8, 8]
+    assert (out["panoptic"][2:4, 4:8] == 3).all() and (out["panoptic"][2:4, :4] == 1).all()
+
+
+def test_a_dropped_instance_leaves_its_pixels_to_later_ones():
+    # B (second) sees 7 of 16 pixels and is dropped; C, painted after it, then sees all of its
+    # pixels but the one under A: 15, not the 12 it would see had B claimed its part.
+    masks = np.stack([box_mask(0, 0, 4, 4), box_mask(1, 1, 5, 5), box_mask(3, 3, 7, 7)])
+    out = fuse_both(masks, np.float32([0.9, 0.8, 0.7]), np.int32([1, 2, 3]), 3, ALL_VOID, stuff_categories=[5, 6])
+    assert out["num_segments"] == 2 and out["category"][:2].tolist() == [1, 3]
+    assert out["area"][:2].tolist() == [16, 15] and out["panoptic"][4, 4] == 2
+
+
 def test_no_detections_gives_stuff_only():
     masks, scores, classes = two_instances((2, 2, 6, 6))
     channel = np.zeros([H, W], int)
@@ -270,6 +289,24 @@ def test_layer_in_model_saves_and_reloads(tmp_path):
         np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
     assert_same({k: np.asarray(v) for k, v in want.items()},
                 panoptic_fusion_numpy(*batch, stuff_categories=[5, 6], min_stuff_area=8))
+
+
+def _full_size_tensors(content, d, size):
+    """Names of the tensors in the main graph that hold at least D x H x W elements."""
+    from export import runtime
+
+    graph = runtime.parse_model(content).subgraphs[0]
+    return [t.name.decode() if isinstance(t.name, bytes) else t.name for t in graph.tensors
+            if t.shape is not None and len(t.shape) and int(np.prod(t.shape)) >= d * size * size]
+
+
+def test_litert_graph_makes_no_copy_of_the_mask_stack():
+    # The graph reads the [1, D, H, W] masks one slot at a time (GATHER): no binarized,
+    # reordered, sliced or unstacked copy of the whole stack. The previous graph made five,
+    # which cost most of its LiteRT time (benchmarks/panoptic_fusion_time.py).
+    d, size, s = 8, 32, 4
+    content = _convert(_fusion_model(d, size, s, stuff_categories=[11, 12, 13], min_stuff_area=20))
+    assert len(_full_size_tensors(content, d, size)) == 1, _full_size_tensors(content, d, size)
 
 
 @pytest.mark.slow
