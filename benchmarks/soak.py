@@ -238,14 +238,17 @@ def soak_video(model, frames, window_s, work, threads=2):
            "--timings", str(timings)]
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    ffmpeg = []  # the decoder's and encoder's pids, once both run: scanning /proc each time costs
+
     def measure():
         python = rss_mb(process.pid)
         if python is None:
             return None
-        ffmpeg = sum(rss_mb(p) or 0.0 for p, cmd in children(process.pid).items() if "ffmpeg" in cmd)
-        return {"rss": python, "ffmpeg_rss": ffmpeg}
+        if len(ffmpeg) < 2:
+            ffmpeg[:] = [p for p, cmd in children(process.pid).items() if "ffmpeg" in cmd]
+        return {"rss": python, "ffmpeg_rss": sum(rss_mb(p) or 0.0 for p in ffmpeg)}
 
-    sampler = Sampler(measure, interval=1.0)
+    sampler = Sampler(measure, interval=0.1)  # a short run still gets samples in each of its ten windows
     sampler.start()
     out, err = process.communicate()
     samples = sampler.stop()
