@@ -45,16 +45,16 @@ def load(run, images, calibration):
 def rows_of(report):
     """One table row per variant of an `export_detector` report."""
     rows = []
+    r = lambda v, digits=2: None if v is None else round(v, digits)  # noqa: E731
     for variant, e in report["variants"].items():
-        p = e["parity"]
+        p = e["parity"] or {}
         rows.append({
             "model": report["model"], "variant": variant, "MB": round(e["size_bytes"] / 1e6, 2),
-            "x_smaller": round(e["size_ratio_vs_fp32"], 2), "cpu_ms": round(e["cpu"]["median_ms"], 1),
-            "x_faster": round(e["speedup_vs_fp32"], 2), "metric": e["metric"],
-            "keras": round(report["keras_accuracy"], 2), "tflite": round(e["accuracy"], 2),
-            "drop": round(e["accuracy_drop"], 2), "matched": f"{p['matched_same_class']}/{p['detections']}",
-            "min_mask_iou": None if p["min_mask_iou"] is None else round(p["min_mask_iou"], 3),
-            "mean_pan_agree": None if "mean_panoptic_agreement" not in p else round(p["mean_panoptic_agreement"], 4),
+            "x_smaller": r(e["size_ratio_vs_fp32"]), "cpu_ms": r(e["cpu"] and e["cpu"]["median_ms"], 1),
+            "x_faster": r(e["speedup_vs_fp32"]), "metric": e["metric"],
+            "keras": r(report["keras_accuracy"]), "tflite": r(e["accuracy"]),
+            "drop": r(e["accuracy_drop"]), "matched": f"{p.get('matched_same_class')}/{p.get('detections')}",
+            "min_mask_iou": r(p.get("min_mask_iou"), 3), "mean_pan_agree": r(p.get("mean_panoptic_agreement"), 4),
             "targets": "met" if not e["targets_missed"] else "; ".join(e["targets_missed"]),
             "check": "pass" if e["passed"] else "FAIL: " + "; ".join(e["failures"])})
     return rows

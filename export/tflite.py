@@ -254,10 +254,11 @@ def run(tflite_model, image, num_threads=2):
 
 
 # TFLite op names that a detector's int8 variant keeps float although they have an int8 kernel
-# (`convert_variant(float_ops=...)`). None by default: every op with an int8 kernel computes in
-# integers, box decoding and mask pasting included; the ops without one (NMS, casts, integer
-# index arithmetic) stay float. benchmarks/detector_variants.py measures what this costs.
-DETECTOR_FLOAT_OPS = ()
+# (`convert_variant(float_ops=...)`); the ops without one (NMS, casts, integer index arithmetic)
+# stay float anyway. DIV: an int8 DIV whose divisor quantizes to its zero point stops LiteRT
+# ("div.cc: data[i] != zero_point"); the trained shapes Mask R-CNN and Panoptic FPN hit it in
+# their box and ROI geometry on held-out images.
+DETECTOR_FLOAT_OPS = ("DIV",)
 
 
 def detector_model(model):
