@@ -12,7 +12,7 @@ With --panoptic-fpn, Panoptic FPN (small configuration, random weights: static s
 latency independent of them) at --size is converted with each fusion graph and timed end to end
 in LiteRT the same way.
 
-    python3 benchmarks/panoptic_fusion_time.py [--runs 15] [--size 512] [--detections 100] [--panoptic-fpn]
+    python3 benchmarks/panoptic_fusion_time.py [--runs 15] [--size 512] [--detections 100] [--threads 2] [--panoptic-fpn]
 """
 
 import argparse
@@ -102,7 +102,7 @@ def fusion_op(args):
             content = _convert(model)
         finally:
             fusion_ops.panoptic_fusion = original
-        runner = Interpreter(model_content=content, num_threads=2).get_signature_runner()
+        runner = Interpreter(model_content=content, num_threads=args.threads).get_signature_runner()
         sizes[graph] = round(len(content) / 1e3)
         runners[f"keras_{graph}"] = lambda f=keras_fn: tf.nest.map_structure(lambda v: v.numpy(), f(tensors))
         runners[f"litert_{graph}"] = lambda r=runner: r(**feed)
@@ -161,7 +161,7 @@ def panoptic_fpn(args):
             content = detector_tflite(model)
         finally:
             fusion_ops.panoptic_fusion = original
-        runner = Interpreter(model_content=content, num_threads=2).get_signature_runner()
+        runner = Interpreter(model_content=content, num_threads=args.threads).get_signature_runner()
         runners[f"panoptic_fpn_{graph}"] = lambda r=runner: r(image=image)
         maps[graph] = runner(image=image)["panoptic"][0]
     times = _interleaved(runners, args.runs)
@@ -177,17 +177,19 @@ def main():
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--detections", type=int, default=100)
     parser.add_argument("--channels", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT threads (results file gains _<n>threads if not 2)")
     parser.add_argument("--panoptic-fpn", action="store_true", help="also time Panoptic FPN end to end")
     args = parser.parse_args()
 
     row, times = fusion_op(args)
-    results = {"machine": machine(), "runs": args.runs, "threads": 2, "row": row, "raw": times}
+    results = {"machine": machine(), "runs": args.runs, "threads": args.threads, "row": row, "raw": times}
     print_table([row], list(row))
     if args.panoptic_fpn:
         fpn_row, fpn_times = panoptic_fpn(args)
         results.update({"panoptic_fpn": fpn_row, "panoptic_fpn_raw": fpn_times})
         print_table([fpn_row], list(fpn_row))
-    path = write_results("panoptic_fusion_time", results)
+    name = "panoptic_fusion_time" + ("" if args.threads == 2 else f"_{args.threads}threads")
+    path = write_results(name, results)
     print(f"wrote {path}")
 
 
