@@ -112,7 +112,7 @@ def _bench(paths, output_dir, threads):
                            f"{os.path.join(output_dir, 'bench.txt')} and {args.json}")
     with open(args.json, encoding="utf-8") as f:
         results = json.load(f)["results"]
-    by_variant = {variant: r for variant in VARIANTS for r in results if r["path"] == str(paths[VARIANTS.index(variant)])}
+    by_variant = {v: next(r for r in results if r["path"] == str(path)) for v, path in zip(VARIANTS, paths)}
     return {"json": args.json, "chart": args.chart,
             "invoke_ms": {v: r["invoke"]["mean_ms"] for v, r in by_variant.items()},
             "end_to_end_ms": {v: (r.get("end_to_end") or {}).get("mean_ms") for v, r in by_variant.items()}}
@@ -138,4 +138,4 @@ def summary_text(summary):
               "files:"]
     width = max(len(k) for k in summary["files"])
     lines += [f"  {k:<{width}}  {p}" for k, p in summary["files"].items()]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
