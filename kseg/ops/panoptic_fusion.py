@@ -185,7 +185,10 @@ def _paint_stuff(semantic_logits, free, is_stuff):
         available = available - member  # later channels lose ties
         members.append(member)
         exps.append(tf.exp(gap))
-    inverse = 1.0 / tf.add_n(exps)  # the argmax channel's softmax probability
+    denominator = exps[0]
+    for e in exps[1:]:  # ADDs: LiteRT's GPU accelerator does not take ADD_N
+        denominator = denominator + e
+    inverse = 1.0 / denominator  # the argmax channel's softmax probability
     area = tf.concat([_total(m) for m in members], axis=1)
     probability = tf.concat([_total(m * inverse) if stuff else tf.zeros_like(_total(m))
                              for m, stuff in zip(members, is_stuff)], axis=1)
