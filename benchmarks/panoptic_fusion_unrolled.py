@@ -11,7 +11,7 @@ both agree on every output).
 import numpy as np
 import tensorflow as tf
 
-from kseg.ops.panoptic_fusion import OUTPUT_KEYS, _stuff_table, default_max_segments
+from kseg.ops.panoptic_fusion import OUTPUT_KEYS, _stuff_table, fusion_inputs
 
 
 def _fuse_one(masks, scores, classes, num_detections, semantic_logits, *, stuff_categories, thing_class,
@@ -109,25 +109,11 @@ def unrolled_panoptic_fusion(masks, scores, classes, num_detections, semantic_lo
                     thing_class=0, score_threshold=0.5, mask_threshold=0.5, overlap_threshold=0.5,
                     min_stuff_area=4096, max_segments=None):
     """The previous `panoptic_fusion` graph: same arguments, outputs and rules."""
-    masks = tf.convert_to_tensor(masks, tf.float32)
-    scores = tf.convert_to_tensor(scores, tf.float32)
-    classes = tf.cast(tf.convert_to_tensor(classes), tf.int32)
-    num_detections = tf.convert_to_tensor(num_detections)
-    semantic_logits = tf.convert_to_tensor(semantic_logits, tf.float32)
+    masks, scores, classes, num_detections, semantic_logits, options = fusion_inputs(
+        masks, scores, classes, num_detections, semantic_logits, stuff_categories=stuff_categories,
+        thing_class=thing_class, score_threshold=score_threshold, mask_threshold=mask_threshold,
+        overlap_threshold=overlap_threshold, min_stuff_area=min_stuff_area, max_segments=max_segments)
     batched = masks.shape.rank == 4
-    if masks.shape.rank not in (3, 4) or semantic_logits.shape.rank != masks.shape.rank:
-        raise ValueError(f"Expected masks [D, H, W] with logits [H, W, S] (or both batched); got masks "
-                         f"{masks.shape} and semantic_logits {semantic_logits.shape}.")
-    if masks.shape[-2:] != semantic_logits.shape[-3:-1]:
-        raise ValueError(f"masks and semantic_logits must share H x W (resize the logits first); got "
-                         f"{masks.shape[-2:]} and {semantic_logits.shape[-3:-1]}.")
-    if None in masks.shape[-3:] or semantic_logits.shape[-1] is None:
-        raise ValueError(f"D, H, W and S must be static; got masks {masks.shape}, logits {semantic_logits.shape}.")
-    if max_segments is None:
-        max_segments = default_max_segments(masks.shape[-3], semantic_logits.shape[-1], thing_class)
-    options = dict(stuff_categories=stuff_categories, thing_class=thing_class, score_threshold=score_threshold,
-                   mask_threshold=mask_threshold, overlap_threshold=overlap_threshold,
-                   min_stuff_area=min_stuff_area, max_segments=int(max_segments))
     if not batched:
         return _fuse_one(masks, scores, classes, num_detections, semantic_logits, **options)
     num_detections = tf.reshape(num_detections, [-1])
@@ -136,10 +122,10 @@ def unrolled_panoptic_fusion(masks, scores, classes, num_detections, semantic_lo
                   for b in range(masks.shape[0])]
         return {k: tf.stack([image[k] for image in images]) for k in OUTPUT_KEYS}
     signature = {"panoptic": tf.TensorSpec(masks.shape[-2:], tf.int32),
-                 "category": tf.TensorSpec([max_segments], tf.int32),
-                 "is_thing": tf.TensorSpec([max_segments], tf.bool),
-                 "area": tf.TensorSpec([max_segments], tf.int32),
-                 "score": tf.TensorSpec([max_segments], tf.float32),
+                 "category": tf.TensorSpec([options["max_segments"]], tf.int32),
+                 "is_thing": tf.TensorSpec([options["max_segments"]], tf.bool),
+                 "area": tf.TensorSpec([options["max_segments"]], tf.int32),
+                 "score": tf.TensorSpec([options["max_segments"]], tf.float32),
                  "num_segments": tf.TensorSpec([], tf.int32)}
     return tf.map_fn(lambda a: _fuse_one(*a, **options),
                      (masks, scores, classes, num_detections, semantic_logits), fn_output_signature=signature)

@@ -251,6 +251,39 @@ def _fuse(masks, scores, classes, num_detections, semantic_logits, *, stuff_cate
     }
 
 
+def fusion_inputs(masks, scores, classes, num_detections, semantic_logits, *, stuff_categories, thing_class,
+                  score_threshold, mask_threshold, overlap_threshold, min_stuff_area, max_segments):
+    """`panoptic_fusion`'s arguments as tensors, checked (ranks, shared H x W, static D, H, W, S).
+
+    Returns:
+        (masks, scores, classes, num_detections, semantic_logits, options): float32/int32 tensors
+        and the keyword options of the painting code, with `max_segments` resolved.
+
+    Raises:
+        ValueError: naming the argument, the shape seen and the shape expected.
+    """
+    masks = tf.convert_to_tensor(masks, tf.float32)
+    scores = tf.convert_to_tensor(scores, tf.float32)
+    classes = tf.cast(tf.convert_to_tensor(classes), tf.int32)
+    num_detections = tf.convert_to_tensor(num_detections)
+    semantic_logits = tf.convert_to_tensor(semantic_logits, tf.float32)
+    batched = masks.shape.rank == 4
+    if masks.shape.rank not in (3, 4) or semantic_logits.shape.rank != masks.shape.rank:
+        raise ValueError(f"Expected masks [D, H, W] with logits [H, W, S] (or both batched); got masks "
+                         f"{masks.shape} and semantic_logits {semantic_logits.shape}.")
+    if masks.shape[-2:] != semantic_logits.shape[-3:-1]:
+        raise ValueError(f"masks and semantic_logits must share H x W (resize the logits first); got "
+                         f"{masks.shape[-2:]} and {semantic_logits.shape[-3:-1]}.")
+    if None in masks.shape[-3:] or semantic_logits.shape[-1] is None:
+        raise ValueError(f"D, H, W and S must be static; got masks {masks.shape}, logits {semantic_logits.shape}.")
+    if max_segments is None:
+        max_segments = default_max_segments(masks.shape[-3], semantic_logits.shape[-1], thing_class)
+    options = dict(stuff_categories=stuff_categories, thing_class=thing_class, score_threshold=score_threshold,
+                   mask_threshold=mask_threshold, overlap_threshold=overlap_threshold,
+                   min_stuff_area=min_stuff_area, max_segments=int(max_segments))
+    return masks, scores, classes, num_detections, semantic_logits, options
+
+
 def panoptic_fusion(masks, scores, classes, num_detections, semantic_logits, *, stuff_categories,
                     thing_class=0, score_threshold=0.5, mask_threshold=0.5, overlap_threshold=0.5,
                     min_stuff_area=4096, max_segments=None):
@@ -292,25 +325,11 @@ def panoptic_fusion(masks, scores, classes, num_detections, semantic_logits, *, 
     >>> out["category"].numpy().tolist(), out["area"].numpy().tolist()
     ([3, 7], [4, 12])
     """
-    masks = tf.convert_to_tensor(masks, tf.float32)
-    scores = tf.convert_to_tensor(scores, tf.float32)
-    classes = tf.cast(tf.convert_to_tensor(classes), tf.int32)
-    num_detections = tf.convert_to_tensor(num_detections)
-    semantic_logits = tf.convert_to_tensor(semantic_logits, tf.float32)
+    masks, scores, classes, num_detections, semantic_logits, options = fusion_inputs(
+        masks, scores, classes, num_detections, semantic_logits, stuff_categories=stuff_categories,
+        thing_class=thing_class, score_threshold=score_threshold, mask_threshold=mask_threshold,
+        overlap_threshold=overlap_threshold, min_stuff_area=min_stuff_area, max_segments=max_segments)
     batched = masks.shape.rank == 4
-    if masks.shape.rank not in (3, 4) or semantic_logits.shape.rank != masks.shape.rank:
-        raise ValueError(f"Expected masks [D, H, W] with logits [H, W, S] (or both batched); got masks "
-                         f"{masks.shape} and semantic_logits {semantic_logits.shape}.")
-    if masks.shape[-2:] != semantic_logits.shape[-3:-1]:
-        raise ValueError(f"masks and semantic_logits must share H x W (resize the logits first); got "
-                         f"{masks.shape[-2:]} and {semantic_logits.shape[-3:-1]}.")
-    if None in masks.shape[-3:] or semantic_logits.shape[-1] is None:
-        raise ValueError(f"D, H, W and S must be static; got masks {masks.shape}, logits {semantic_logits.shape}.")
-    if max_segments is None:
-        max_segments = default_max_segments(masks.shape[-3], semantic_logits.shape[-1], thing_class)
-    options = dict(stuff_categories=stuff_categories, thing_class=thing_class, score_threshold=score_threshold,
-                   mask_threshold=mask_threshold, overlap_threshold=overlap_threshold,
-                   min_stuff_area=min_stuff_area, max_segments=int(max_segments))
     if batched:
         return _fuse(masks, scores, classes, tf.reshape(num_detections, [-1]), semantic_logits, **options)
     out = _fuse(masks[None], scores[None], classes[None], tf.reshape(num_detections, [1]), semantic_logits[None],
