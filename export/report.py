@@ -62,7 +62,7 @@ def load_examples(pairs, *, image_size, channels, remap=None, limit=None):
     Returns:
         {"images": uint8 [N, H, W, C], "masks": int32 [N, H, W] or None, "names": [str]}.
     """
-    from kseg.data.folder import _open, apply_remap, read_mask, remap_table
+    from kseg.data.folder import apply_remap, open_image, read_mask, remap_table
 
     pairs = list(pairs)
     if limit is not None and not (isinstance(limit, int) and limit >= 1):
@@ -76,7 +76,7 @@ def load_examples(pairs, *, image_size, channels, remap=None, limit=None):
     table = remap_table(remap)
     images, masks = [], []
     for image_path, mask_path in pairs:
-        image = _open(image_path, "image").convert("L" if channels == 1 else "RGB")
+        image = open_image(image_path, "image").convert("L" if channels == 1 else "RGB")
         image = np.asarray(image.resize((width, height), Image.BILINEAR), np.uint8)
         images.append(image.reshape(height, width, channels))
         if mask_path is not None:

@@ -67,11 +67,18 @@ def _read_mask(path):
     return np.asarray(img, dtype=np.int32), img.mode
 
 
-def _open(path, what):
+def open_image(path, what="image"):
     """Opens and fully decodes an image with Pillow; any failure becomes a DataError.
 
     Pillow refuses images of more than 2 * `PIL.Image.MAX_IMAGE_PIXELS` pixels (a
     decompression bomb) before decoding them; that refusal is a DataError too.
+
+    Args:
+        path: str or os.PathLike of an image file.
+        what: the file's role in the error message ("image", "mask", ...).
+
+    Returns:
+        the decoded `PIL.Image.Image`, in the file's own mode.
     """
     try:
         img = Image.open(path)
@@ -80,6 +87,9 @@ def _open(path, what):
     except Exception as err:  # truncated, corrupt, not an image, decompression bomb, ...
         raise DataError(f"{path}: cannot read the {what}: {type(err).__name__}: {err}; expected a complete "
                         f"image file ({_READABLE})") from None
+
+
+_open = open_image  # the name kseg.data's readers use
 
 
 def remap_table(remap):
