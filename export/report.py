@@ -29,6 +29,7 @@ TOLERANCES = {
     "dynamic": {"min_agreement": 0.98},
     "int8": {"min_agreement": 0.95},
 }
+TOLERANCE_KEYS = ("max_abs_error", "min_agreement")
 GPU_IMAGES = 2  # SwiftShader emulates the GPU on the CPU: slow, and only correctness is measured
 
 
@@ -129,7 +130,7 @@ def export_model(
         metadata: embed TFLite metadata (labels, normalization, ...) for MediaPipe and apps.
         gpu: run each variant on LiteRT's GPU accelerator (in a child process).
         allow_flex: allow select-TF (Flex) ops.
-        tolerances: {variant: {"max_abs_error": x, "min_agreement": y}} overriding TOLERANCES.
+        tolerances: {variant: {key: value}} overriding TOLERANCES (keys TOLERANCE_KEYS).
         verbose: print progress.
 
     Returns:
@@ -390,5 +391,6 @@ def _fmt(value):
 
 # ---------------------------------------------------------------------------------- detectors
 # Mask R-CNN, Panoptic FPN and MaskFormer have their own report (accuracy, parity and latency per
-# variant): export.detector_report. Imported here so that `export.report` stays the one entry point.
+# variant): export.detector_report; `export.run.export_run` picks one by the run's task. Its names
+# stay importable from here for the benchmarks that read them from `export.report`.
 from export.detector_report import DETECTOR_TOLERANCES, detector_parity, export_detector  # noqa: E402,F401
