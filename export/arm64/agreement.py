@@ -32,8 +32,8 @@ def detect_variant(content):
     model = runtime.parse_model(content)
     sg = model.subgraphs[0]
     io = [sg.tensors[i] for i in list(sg.inputs) + list(sg.outputs)]
-    types = {runtime._dtype_name(t.type) for g in model.subgraphs for t in g.tensors}
-    quantized_io = any(runtime._dtype_name(t.type) in ("int8", "uint8") and t.quantization is not None
+    types = {runtime.dtype_name(t.type) for g in model.subgraphs for t in g.tensors}
+    quantized_io = any(runtime.dtype_name(t.type) in ("int8", "uint8") and t.quantization is not None
                        and t.quantization.scale is not None and len(t.quantization.scale) for t in io)
     ops = {runtime.op_name(model, op) for op in sg.operators or []}
     if quantized_io or ("QUANTIZE" in ops and "int8" in types and "DEQUANTIZE" in ops and "float16" not in types):
