@@ -1,73 +1,21 @@
-"""TFLite model metadata for segmentation models: labels, normalization and output activation.
+"""Writing segmentation metadata into a `.tflite` file (the layout is in export.metadata).
 
-MediaPipe's ImageSegmenter (and the TFLite Task Library) read this metadata: without it a
-float32 model does not load ("it requires specifying NormalizationOptions metadata") and has no
-labels. `add_metadata` writes it with our own flatbuffer builder; `read_metadata` reads it back
-with flatbuffers, numpy and zipfile only (no TensorFlow, no LiteRT), so the edge benchmark can
-use it on devices where only LiteRT is installed.
-
-File layout written by `add_metadata` (the TFLite metadata convention):
-
-    [ TFLite flatbuffer "TFL3" ][ zip archive (STORED): labels.txt ]
-      Model.metadata += {name: "TFLITE_METADATA", buffer: i}
-      Model.buffers[i].data = ModelMetadata flatbuffer, file identifier "M001"
-
-ModelMetadata (metadata_schema.fbs, schema 1.5.0, tensorflow/tflite-support and
-google-ai-edge/mediapipe mediapipe/tasks/metadata/):
-
-    name, description, version, author, license, min_parser_version
-    subgraph_metadata[0]:
-      input_tensor_metadata[0]  "image"
-        content: ImageProperties(color_space RGB | GRAYSCALE, default_size W x H)
-        process_units: [NormalizationOptions(mean[C or 1], std[C or 1])]
-        stats: Stats(min [input_range[0]], max [input_range[1]])
-      output_tensor_metadata[j] (one per model output)
-        the output whose last dimension is len(labels): "segmentation_masks",
-          content ImageProperties(GRAYSCALE), range [1, 2] (H and W), associated_files
-          [labels.txt, TENSOR_AXIS_LABELS]; the others: FeatureProperties, tensor name
-      custom_metadata: [{name: "SEGMENTER_METADATA", data: ImageSegmenterOptions "V001"
-        flatbuffer (activation SIGMOID | SOFTMAX)}] when activation is not "none"
-
-How MediaPipe uses it (mediapipe/tasks/cc/vision/image_segmenter/image_segmenter_graph.cc,
-vision/utils/image_tensor_specs.cc): the activation comes only from the "SEGMENTER_METADATA"
-custom metadata (absent means NONE: confidence masks are the raw outputs); labels come from the
-TENSOR_AXIS_LABELS file of the *last* output's metadata and masks from the *last* output
-tensor; float32 inputs need NormalizationOptions (1 or 3 values; pixels in [0, 255] are mapped
-to [(0 - mean) / std, (255 - mean) / std]); the input must be [1, H, W, 3 or 4] uint8/float32
-with color space RGB. A grey (1-channel) model therefore gets truthful GRAYSCALE metadata here,
-which other readers use, but MediaPipe's ImageSegmenter refuses to load it.
+The ModelMetadata flatbuffer is built with our own table builder (no generated metadata code);
+the model flatbuffer is unpacked and repacked with ai_edge_litert's schema, then a zip archive
+with labels.txt is appended.
 """
 
 import io
-import struct
 import zipfile
 
 import flatbuffers
 import numpy as np
-from flatbuffers import encode, number_types, packer
-from flatbuffers.table import Table
 
-__all__ = ["ACTIVATIONS", "add_metadata", "read_metadata"]
-
-METADATA_NAME = "TFLITE_METADATA"  # Model.metadata entry that MediaPipe / Task Library look up
-SEGMENTER_METADATA_NAME = "SEGMENTER_METADATA"  # custom metadata holding the activation
-LABELS_FILE = "labels.txt"
-ACTIVATIONS = ("none", "sigmoid", "softmax")  # MediaPipe's Activation enum: NONE=0, SIGMOID=1, SOFTMAX=2
-
-_TFLITE_ID = b"TFL3"
-_METADATA_ID = b"M001"
-_SEGMENTER_ID = b"V001"
-
-# Enums of metadata_schema.fbs.
-_COLOR_SPACES = {1: "RGB", 2: "GRAYSCALE"}
-_FEATURE_PROPERTIES, _IMAGE_PROPERTIES = 1, 2  # ContentProperties union
-_NORMALIZATION_OPTIONS = 1  # ProcessUnitOptions union
-_TENSOR_AXIS_LABELS = 2  # AssociatedFileType
-_TENSOR_VALUE_LABELS = 3
-_INTEGER_TYPES = (2, 3, 4)  # TensorType INT32, UINT8, INT64: a class map's value types
-
-# TFLite TensorType values (tensorflow/lite/schema/schema.fbs) that an image input may have.
-_INPUT_TYPES = {0: "float32", 3: "uint8", 9: "int8"}
+from export.metadata.schema import (
+    ACTIVATIONS, FEATURE_PROPERTIES, IMAGE_PROPERTIES, INPUT_TYPES, INTEGER_TYPES, LABELS_FILE, METADATA_ID,
+    METADATA_NAME, NORMALIZATION_OPTIONS, SEGMENTER_ID, SEGMENTER_METADATA_NAME, TENSOR_AXIS_LABELS,
+    TENSOR_VALUE_LABELS, TFLITE_ID, check_tflite,
+)
 
 
 def add_metadata(
@@ -126,7 +74,7 @@ def add_metadata(
     """
     from ai_edge_litert import schema_py_generated as schema
 
-    data = _check_tflite(tflite_model, "tflite_model")
+    data = check_tflite(tflite_model, "tflite_model")
     labels = _check_labels(labels)
     for arg, value in (("name", name), ("version", version), ("description", description), ("author", author)):
         if not isinstance(value, str):
@@ -140,7 +88,7 @@ def add_metadata(
     try:
         model = schema.ModelT.InitFromPackedBuf(data, 0)
     except Exception as e:  # struct / index errors from a truncated or corrupt flatbuffer
-        raise ValueError(f"tflite_model has file identifier {_TFLITE_ID!r} but does not parse as a TFLite model: {e!r}.") from e
+        raise ValueError(f"tflite_model has file identifier {TFLITE_ID!r} but does not parse as a TFLite model: {e!r}.") from e
     if not model.subgraphs:
         raise ValueError("tflite_model has no subgraph; expected one with an image input.")
     if any(b.offset > 1 for b in model.buffers or []):
@@ -155,21 +103,21 @@ def add_metadata(
     shape = [int(d) for d in image.shape]
     if len(shape) != 4 or shape[0] != 1 or shape[3] not in (1, 3, 4):
         raise ValueError(f"tflite_model input has shape {shape}; expected [1, H, W, C] with C in 1, 3 or 4.")
-    if image.type not in _INPUT_TYPES:
+    if image.type not in INPUT_TYPES:
         raise ValueError(
             f"tflite_model input has TFLite type {image.type}; expected one of "
-            f"{', '.join(_INPUT_TYPES.values())}."
+            f"{', '.join(INPUT_TYPES.values())}."
         )
     channels = shape[3]
     mean, std = _check_normalization(mean, std, channels)
 
     outputs = [[int(d) for d in graph.tensors[i].shape] for i in graph.outputs]
     labelled = next((j for j, s in enumerate(outputs) if len(s) == 4 and s[-1] == len(labels)), None)
-    label_type = _TENSOR_AXIS_LABELS
+    label_type = TENSOR_AXIS_LABELS
     if labelled is None:  # a class map [1, H, W] of class ids: the labels name its values
-        label_type = _TENSOR_VALUE_LABELS
+        label_type = TENSOR_VALUE_LABELS
         labelled = next((j for j, (s, i) in enumerate(zip(outputs, graph.outputs))
-                         if len(s) == 3 and graph.tensors[i].type in _INTEGER_TYPES), None)
+                         if len(s) == 3 and graph.tensors[i].type in INTEGER_TYPES), None)
     if labelled is None:
         raise ValueError(
             f"labels has {len(labels)} entries; expected one per class, i.e. K of an output "
@@ -197,100 +145,8 @@ def add_metadata(
     return _append_zip(flat, {LABELS_FILE: "".join(f"{label}\n" for label in labels).encode("utf-8")})
 
 
-def read_metadata(model):
-    """Reads what `add_metadata` wrote; imports no TensorFlow or LiteRT.
-
-    Args:
-        model: `.tflite` file content (bytes).
-
-    Returns:
-        None when the model has no "TFLITE_METADATA", else a dict with keys name, version,
-        description, author, license (str or None), min_parser_version, labels (list of str,
-        from the first output with a TENSOR_AXIS_LABELS file, or a class map's
-        TENSOR_VALUE_LABELS file; [] when none), labelled_output (its index, or None), mean and std (tuples of floats), input_range ((min, max) or None),
-        color_space ("RGB", "GRAYSCALE" or None) and activation ("none", "sigmoid", "softmax").
-
-    Raises:
-        ValueError: `model` is not a TFLite flatbuffer, or its metadata is malformed (wrong
-            file identifier, a named label file missing from the zip archive).
-    """
-    data = _check_tflite(model, "model")
-    try:
-        buffer = _find_metadata_buffer(data)
-    except _CORRUPT as e:
-        raise ValueError(f"model has file identifier {_TFLITE_ID!r} but does not parse as a TFLite model: {e!r}.") from e
-    if buffer is None:
-        return None
-    if len(buffer) < 8 or buffer[4:8] != _METADATA_ID:
-        raise ValueError(
-            f"{METADATA_NAME} buffer has file identifier {bytes(buffer[4:8])!r}; expected {_METADATA_ID!r}."
-        )
-    try:
-        return _read_model_metadata(data, buffer)
-    except _CORRUPT as e:
-        raise ValueError(f"{METADATA_NAME} buffer ({len(buffer)} bytes, identifier {_METADATA_ID!r}) does not parse as "
-                         f"a ModelMetadata flatbuffer: {e!r}.") from e
-
-
-# What reading past the end of a corrupt flatbuffer raises (flatbuffers' struct reads, our bounds checks).
-_CORRUPT = (IndexError, TypeError, UnicodeDecodeError, struct.error, OverflowError)
-
-
-def _read_model_metadata(data, buffer):
-    """read_metadata's dict from the ModelMetadata flatbuffer `buffer` of the model `data`."""
-    root = _root(buffer)
-    result = {
-        "name": _string(root, 0),
-        "description": _string(root, 1),
-        "version": _string(root, 2),
-        "author": _string(root, 4),
-        "license": _string(root, 5),
-        "min_parser_version": _string(root, 7),
-        "labels": [],
-        "labelled_output": None,
-        "mean": (),
-        "std": (),
-        "input_range": None,
-        "color_space": None,
-        "activation": "none",
-    }
-    subgraphs = _tables(root, 3)
-    if not subgraphs:
-        return result
-    subgraph = subgraphs[0]
-    inputs = _tables(subgraph, 2)
-    if inputs:
-        result.update(_read_input(inputs[0]))
-    for j, output in enumerate(_tables(subgraph, 3)):
-        names = [_string(f, 0) for f in _tables(output, 6)
-                 if _scalar(f, 2, number_types.Int8Flags) in (_TENSOR_AXIS_LABELS, _TENSOR_VALUE_LABELS)]
-        if names:
-            result["labels"] = _read_labels(data, names[0])
-            result["labelled_output"] = j
-            break
-    for custom in _tables(subgraph, 9):
-        if _string(custom, 0) == SEGMENTER_METADATA_NAME:
-            options = _root(_bytes(custom, 1))
-            code = _scalar(options, 0, number_types.Int8Flags)
-            if not 0 <= code < len(ACTIVATIONS):
-                raise ValueError(f"{SEGMENTER_METADATA_NAME} has activation {code}; expected 0, 1 or 2.")
-            result["activation"] = ACTIVATIONS[code]
-    return result
-
 
 # === Argument checks ===
-
-
-def _check_tflite(content, arg):
-    if not isinstance(content, (bytes, bytearray, memoryview)):
-        raise ValueError(f"{arg} must be the .tflite file content (bytes); got {type(content).__name__}.")
-    content = bytes(content) if isinstance(content, memoryview) else content
-    if len(content) < 8 or content[4:8] != _TFLITE_ID:
-        raise ValueError(
-            f"{arg} is not a TFLite flatbuffer: expected file identifier {_TFLITE_ID!r} at bytes 4-8, "
-            f"got {bytes(content[4:8])!r} ({len(content)} bytes in all)."
-        )
-    return content
 
 
 def _check_labels(labels):
@@ -334,12 +190,13 @@ def _name(table):
     return name.decode("utf-8") if isinstance(name, bytes) else (name or "")
 
 
+
 # === Writing: metadata flatbuffer ===
 
 
 def _build_metadata(
     *, name, version, description, author, license, image_size, color_space, mean, std, input_range,
-    output_names, labelled, activation, label_type=_TENSOR_AXIS_LABELS,
+    output_names, labelled, activation, label_type=TENSOR_AXIS_LABELS,
 ):
     """ModelMetadata flatbuffer (file identifier "M001"), built children first."""
     b = flatbuffers.Builder(1024)
@@ -347,9 +204,9 @@ def _build_metadata(
     # Input: image properties, normalization, stats.
     size = _table(b, [(0, "uint32", image_size[0]), (1, "uint32", image_size[1])])
     image_props = _table(b, [(0, "int8", color_space), (1, "offset", size)])
-    content = _table(b, [(0, "uint8", _IMAGE_PROPERTIES), (1, "offset", image_props)])
+    content = _table(b, [(0, "uint8", IMAGE_PROPERTIES), (1, "offset", image_props)])
     norm = _table(b, [(0, "offset", _floats(b, mean)), (1, "offset", _floats(b, std))])
-    unit = _table(b, [(0, "uint8", _NORMALIZATION_OPTIONS), (1, "offset", norm)])
+    unit = _table(b, [(0, "uint8", NORMALIZATION_OPTIONS), (1, "offset", norm)])
     stats = _table(b, [(0, "offset", _floats(b, [input_range[1]])), (1, "offset", _floats(b, [input_range[0]]))])
     input_meta = _table(b, [
         (0, "offset", b.CreateString("image")),
@@ -362,13 +219,13 @@ def _build_metadata(
     # Outputs: the labelled one is a stack of per-class grey maps (content range = dims 1..2).
     output_metas = []
     for j, tensor_name in enumerate(output_names):
-        if j == labelled and label_type == _TENSOR_VALUE_LABELS:
+        if j == labelled and label_type == TENSOR_VALUE_LABELS:
             label_file = _table(b, [
                 (0, "offset", b.CreateString(LABELS_FILE)),
                 (1, "offset", b.CreateString("Class names: value v of the class map is line v.")),
-                (2, "int8", _TENSOR_VALUE_LABELS),
+                (2, "int8", TENSOR_VALUE_LABELS),
             ])
-            plain = _table(b, [(0, "uint8", _FEATURE_PROPERTIES), (1, "offset", _table(b, []))])
+            plain = _table(b, [(0, "uint8", FEATURE_PROPERTIES), (1, "offset", _table(b, []))])
             output_metas.append(_table(b, [
                 (0, "offset", b.CreateString("class_map")),
                 (1, "offset", b.CreateString("Class id of each pixel [1, H, W].")),
@@ -379,11 +236,11 @@ def _build_metadata(
             label_file = _table(b, [
                 (0, "offset", b.CreateString(LABELS_FILE)),
                 (1, "offset", b.CreateString("Class names, one per output channel.")),
-                (2, "int8", _TENSOR_AXIS_LABELS),
+                (2, "int8", TENSOR_AXIS_LABELS),
             ])
             grey = _table(b, [(0, "int8", 2)])
             dims = _table(b, [(0, "int32", 1), (1, "int32", 2)])
-            masks = _table(b, [(0, "uint8", _IMAGE_PROPERTIES), (1, "offset", grey), (2, "offset", dims)])
+            masks = _table(b, [(0, "uint8", IMAGE_PROPERTIES), (1, "offset", grey), (2, "offset", dims)])
             what = {"none": "class scores", "softmax": "logits (apply softmax)", "sigmoid": "logits (apply sigmoid)"}
             output_metas.append(_table(b, [
                 (0, "offset", b.CreateString("segmentation_masks")),
@@ -393,7 +250,7 @@ def _build_metadata(
             ]))
         else:
             feature = _table(b, [])
-            plain = _table(b, [(0, "uint8", _FEATURE_PROPERTIES), (1, "offset", feature)])
+            plain = _table(b, [(0, "uint8", FEATURE_PROPERTIES), (1, "offset", feature)])
             output_metas.append(_table(b, [(0, "offset", b.CreateString(tensor_name)), (3, "offset", plain)]))
 
     custom = None
@@ -422,7 +279,7 @@ def _build_metadata(
         (5, "offset", b.CreateString(license) if license is not None else None),
         (7, "offset", b.CreateString(min_parser_version)),
     ])
-    b.Finish(root, file_identifier=_METADATA_ID)
+    b.Finish(root, file_identifier=METADATA_ID)
     return b.Output()
 
 
@@ -430,7 +287,7 @@ def _segmenter_options(activation):
     """MediaPipe's ImageSegmenterOptions flatbuffer (image_segmenter_metadata_schema.fbs, "V001")."""
     b = flatbuffers.Builder(64)
     version = b.CreateString("1.0.0")
-    b.Finish(_table(b, [(0, "int8", ACTIVATIONS.index(activation)), (1, "offset", version)]), file_identifier=_SEGMENTER_ID)
+    b.Finish(_table(b, [(0, "int8", ACTIVATIONS.index(activation)), (1, "offset", version)]), file_identifier=SEGMENTER_ID)
     return b.Output()
 
 
@@ -515,7 +372,7 @@ def _pack_model(model, schema, size_hint):
     model.buffers = [_AlignedBuffer(buffer, schema) for buffer in model.buffers]
     # Sized up front: growing a flatbuffers.Builder copies everything written so far each time.
     b = flatbuffers.Builder(size_hint + (1 << 20))
-    b.Finish(model.Pack(b), file_identifier=_TFLITE_ID)
+    b.Finish(model.Pack(b), file_identifier=TFLITE_ID)
     return b.Output()
 
 
@@ -529,115 +386,3 @@ def _append_zip(flat, files):
             archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), content)
     return out.getvalue()
 
-
-# === Reading (flatbuffers tables by vtable slot; no generated code) ===
-
-
-def _root(buf):
-    return Table(buf, encode.Get(packer.uoffset, buf, 0))
-
-
-def _field(tab, slot):
-    return tab.Offset(4 + 2 * slot)
-
-
-def _string(tab, slot):
-    o = _field(tab, slot)
-    return tab.String(o + tab.Pos).decode("utf-8") if o else None
-
-
-def _scalar(tab, slot, flags, default=0):
-    o = _field(tab, slot)
-    return tab.Get(flags, o + tab.Pos) if o else default
-
-
-def _table_at(tab, slot):
-    o = _field(tab, slot)
-    return Table(tab.Bytes, tab.Indirect(o + tab.Pos)) if o else None
-
-
-def _vector(tab, o, item_size):
-    """(start, length) of the vector at field offset `o`; IndexError when it runs past the buffer."""
-    start, length = tab.Vector(o), tab.VectorLen(o)
-    if start + item_size * length > len(tab.Bytes):
-        raise IndexError(f"a vector of {length} x {item_size} bytes at byte {start} runs past the "
-                         f"{len(tab.Bytes)}-byte buffer")
-    return start, length
-
-
-def _tables(tab, slot):
-    o = _field(tab, slot)
-    if not o:
-        return []
-    start, length = _vector(tab, o, 4)
-    return [Table(tab.Bytes, tab.Indirect(start + 4 * i)) for i in range(length)]
-
-
-def _floats_at(tab, slot):
-    o = _field(tab, slot)
-    if not o:
-        return ()
-    start, length = _vector(tab, o, 4)
-    return tuple(float(v) for v in np.frombuffer(bytes(tab.Bytes[start:start + 4 * length]), "<f4"))
-
-
-def _bytes(tab, slot):
-    o = _field(tab, slot)
-    if not o:
-        return b""
-    start, length = _vector(tab, o, 1)
-    return bytes(tab.Bytes[start:start + length])
-
-
-def _find_metadata_buffer(data):
-    """The data of the buffer that Model.metadata "TFLITE_METADATA" names (schema.fbs slots:
-    Model.buffers 4, Model.metadata 6; Metadata.name 0, .buffer 1; Buffer.data 0, .offset 1, .size 2)."""
-    model = _root(data)
-    buffers = None
-    for entry in _tables(model, 6):
-        if _string(entry, 0) != METADATA_NAME:
-            continue
-        buffers = buffers if buffers is not None else _tables(model, 4)
-        index = _scalar(entry, 1, number_types.Uint32Flags)
-        if index >= len(buffers):
-            raise ValueError(f"{METADATA_NAME} names buffer {index}; expected one of the model's {len(buffers)}.")
-        content = _bytes(buffers[index], 0)
-        offset = _scalar(buffers[index], 1, number_types.Uint64Flags)
-        if not content and offset > 1:
-            content = bytes(data[offset:offset + _scalar(buffers[index], 2, number_types.Uint64Flags)])
-        return content
-    return None
-
-
-def _read_input(tensor):
-    """mean, std, input_range and color_space of an input TensorMetadata (slots: content 3,
-    process_units 4, stats 5)."""
-    result = {}
-    content = _table_at(tensor, 3)
-    if content is not None and _scalar(content, 0, number_types.Uint8Flags) == _IMAGE_PROPERTIES:
-        props = _table_at(content, 1)
-        if props is not None:
-            result["color_space"] = _COLOR_SPACES.get(_scalar(props, 0, number_types.Int8Flags))
-    for unit in _tables(tensor, 4):
-        if _scalar(unit, 0, number_types.Uint8Flags) == _NORMALIZATION_OPTIONS:
-            options = _table_at(unit, 1)
-            result["mean"], result["std"] = _floats_at(options, 0), _floats_at(options, 1)
-            break
-    stats = _table_at(tensor, 5)
-    if stats is not None:
-        high, low = _floats_at(stats, 0), _floats_at(stats, 1)
-        if high and low:
-            result["input_range"] = (low[0], high[0])
-    return result
-
-
-def _read_labels(data, name):
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            text = archive.read(name).decode("utf-8")
-    except Exception as e:  # BadZipFile, KeyError, an unsupported compression, a corrupt deflate stream, ...
-        raise ValueError(
-            f"the metadata names label file {name!r}, but no zip archive after the flatbuffer holds it readably "
-            f"({type(e).__name__}: {e}); expected the UTF-8 file appended as add_metadata writes it."
-        ) from None
-    return [line for line in text.splitlines() if line.strip()]
