@@ -233,16 +233,9 @@ def build_parser():
     la.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- train ARGS",
                     help="the kseg train command every worker runs")
 
-    from export.bench import add_arguments
+    from export.edge_cli import add_commands
 
-    b = sub.add_parser("bench", help="benchmark .tflite files with LiteRT (CPU threads, GPU); needs no TensorFlow")
-    add_arguments(b)
-
-    from export import video
-
-    v = sub.add_parser("demo-video", help="a .tflite segmenter on a video or webcam with an AR effect; needs no TensorFlow",
-                       description=video.__doc__.split("\n\n")[0])
-    video.add_arguments(v)
+    add_commands(sub)  # bench, demo-video: the TensorFlow-free edge tools
     return parser
 
 
@@ -572,21 +565,16 @@ def cmd_launch(args):
     return launch(args.num_workers, args.worker_command, log_dir=args.log_dir)
 
 
-def cmd_bench(args):
-    from export.bench import run
+def cmd_edge_tool(args):
+    """`kseg bench` and `kseg demo-video`: the edge tools (export.edge_cli), which need no TensorFlow."""
+    from export.edge_cli import run_command
 
-    return run(args)
-
-
-def cmd_demo_video(args):
-    from export.video import run
-
-    return run(args)
+    return run_command(args)
 
 
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
-    "export": cmd_export, "convert": cmd_convert, "bench": cmd_bench, "demo-video": cmd_demo_video,
+    "export": cmd_export, "convert": cmd_convert, "bench": cmd_edge_tool, "demo-video": cmd_edge_tool,
     "launch": cmd_launch,
 }
 

@@ -126,10 +126,10 @@ def test_a_failing_configuration_is_reported_and_the_run_goes_on(models, tmp_pat
 def test_quantized_model_end_to_end_in_process(models):
     """The image pipeline quantizes for a uint8 input and argmaxes the quantized logits."""
     info = runtime.describe(runtime.read_model(models["int8"]))
-    detail, reason = bench.image_input(info)
+    detail, reason = frames.image_input(info)
     assert reason is None
     with runtime.Runner(models["int8"]) as runner:
-        picture, stages = bench.segment_file(runner, bench.default_image(), detail)
+        picture, stages = frames.segment_file(runner, bench.default_image(), detail)
     assert picture.dtype == np.uint8 and picture.shape == (256, 256, 3)
     assert stages["invoke"] > 0
 
@@ -137,11 +137,11 @@ def test_quantized_model_end_to_end_in_process(models):
 def test_prepare_image_normalizes_and_quantizes():
     image = Image.fromarray(np.full((8, 8, 3), 255, np.uint8))
     float_input = {"shape": (1, 4, 4, 3), "dtype": "float32", "quantization": (0.0, 0)}
-    x = bench.prepare_image(image, float_input, ([127.5], [127.5]))
+    x = frames.prepare_image(image, float_input, ([127.5], [127.5]))
     assert x.shape == (1, 4, 4, 3) and x.dtype == np.float32 and np.allclose(x, 1.0)
-    assert np.allclose(bench.prepare_image(image, float_input), 255.0)
+    assert np.allclose(frames.prepare_image(image, float_input), 255.0)
     int8_input = {"shape": (1, 4, 4, 1), "dtype": "int8", "quantization": (1.0, -128)}
-    q = bench.prepare_image(image, int8_input)
+    q = frames.prepare_image(image, int8_input)
     assert q.dtype == np.int8 and (q == 127).all()
 
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from export import frames, runtime, video
+from export import frames, runtime, video, video_io
 from kseg.viz import overlay, palette
 from tests.test_bench import tensorflow_blocked
 from tests.test_runtime import tiny_models
@@ -95,7 +95,7 @@ def _interior(mask, margin=3):
 
 
 def test_docstring_examples_run():
-    for module in (frames, video):
+    for module in (frames, video_io):
         failures, attempted = doctest.testmod(module)
         assert failures == 0 and attempted > 0, module.__name__
 
@@ -105,7 +105,7 @@ def test_y4m_round_trip_is_limited_range_c420mpeg2(tmp_path):
     smooth = np.stack([rows * 5, cols * 4, 255 - rows * 2 - cols * 2], -1).clip(0, 255).astype(np.uint8)
     black, white = np.zeros_like(smooth), np.full_like(smooth, 255)
     path = tmp_path / "clip.y4m"
-    assert video.write_y4m(path, [smooth, black, white], fps=30) == 3
+    assert video_io.write_y4m(path, [smooth, black, white], fps=30) == 3
     data = path.read_bytes()
     header, rest = data.split(b"\n", 1)
     assert header.split()[:4] == [b"YUV4MPEG2", b"W64", b"H48", b"F30:1"] and b"C420mpeg2" in header.split()
@@ -116,12 +116,12 @@ def test_y4m_round_trip_is_limited_range_c420mpeg2(tmp_path):
     assert set(y_black) == {16} and set(y_white) == {235}  # limited range
     assert set(rest[frame_bytes + 6 + 64 * 48: 2 * frame_bytes]) == {128}  # grey has no chroma
 
-    back = list(video.read_y4m(path))
+    back = list(video_io.read_y4m(path))
     assert len(back) == 3 and back[0].shape == (48, 64, 3) and back[0].dtype == np.uint8
     error = np.abs(back[0].astype(int) - smooth)
     assert error.max() <= 4 and error[1:-1, 1:-1].max() <= 2 and error.mean() < 0.5  # 4:2:0 rounding
     assert (back[1] == 0).all() and (back[2] == 255).all()
-    reader = video.Y4MReader(path)
+    reader = video_io.Y4MReader(path)
     assert (reader.width, reader.height, reader.fps, reader.frames) == (64, 48, 30, 3)
     reader.close()
 
@@ -131,7 +131,7 @@ def test_y4m_layout_agrees_with_ffmpeg(tmp_path):
     rows, cols = np.mgrid[0:48, 0:64].astype(np.float32)
     smooth = np.stack([40 + rows * 3, 20 + cols * 3, 230 - rows * 2 - cols * 2], -1).astype(np.uint8)
     ours = tmp_path / "ours.y4m"
-    video.write_y4m(ours, [smooth])
+    video_io.write_y4m(ours, [smooth])
     accurate = "scale=flags=accurate_rnd+full_chroma_int+bicubic"  # ffmpeg's default 4:2:0 -> RGB path is coarser
     decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(ours), "-vf", accurate, "-f", "rawvideo",
                               "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
@@ -141,7 +141,7 @@ def test_y4m_layout_agrees_with_ffmpeg(tmp_path):
         subprocess.run(["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "64x48", "-i", "-",
                         "-pix_fmt", pix_fmt, "-strict", "-1", str(theirs)], input=smooth.tobytes(), check=True)
         assert tag in theirs.read_bytes().split(b"\n", 1)[0].split()
-        (frame,) = video.read_y4m(theirs)
+        (frame,) = video_io.read_y4m(theirs)
         assert np.abs(frame.astype(int) - smooth).max() <= 3, pix_fmt
 
 
@@ -149,13 +149,13 @@ def test_y4m_errors_name_the_file_and_the_problem(tmp_path):
     mono = tmp_path / "mono.y4m"
     mono.write_bytes(b"YUV4MPEG2 W4 H4 F25:1 Cmono\nFRAME\n" + bytes(16))
     with pytest.raises(frames.InputError, match=r"mono.y4m: Y4M colour space Cmono is not supported; expected one of"):
-        list(video.read_y4m(mono))
+        list(video_io.read_y4m(mono))
     short = tmp_path / "short.y4m"
     short.write_bytes(b"YUV4MPEG2 W4 H4 F25:1 C420mpeg2\nFRAME\n" + bytes(10))
     with pytest.raises(frames.InputError, match="short.y4m: frame 0 is truncated: 10 of 24 bytes"):
-        list(video.read_y4m(short))
+        list(video_io.read_y4m(short))
     with pytest.raises(ValueError, match="even width and height; the frames are 5x4"):
-        video.write_y4m(tmp_path / "odd.y4m", [np.zeros((4, 5, 3), np.uint8)])
+        video_io.write_y4m(tmp_path / "odd.y4m", [np.zeros((4, 5, 3), np.uint8)])
     assert not (tmp_path / "odd.y4m").exists()
 
 
@@ -169,7 +169,7 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary_file(tmp
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        video.write_y4m(out, frames_then_ctrl_c())
+        video_io.write_y4m(out, frames_then_ctrl_c())
     assert out.read_bytes() == b"previous" and os.listdir(tmp_path) == ["out.y4m"]
 
 
@@ -179,7 +179,7 @@ def test_an_interrupted_ffmpeg_write_leaves_no_partial_file(tmp_path):
 
     out = tmp_path / "out.mp4"
     with pytest.raises(KeyboardInterrupt):
-        with atomic_path(out) as tmp, video.open_writer(tmp, 96, 64, fps=10) as writer:
+        with atomic_path(out) as tmp, video_io.open_writer(tmp, 96, 64, fps=10) as writer:
             writer.write(_frame())
             raise KeyboardInterrupt
     assert os.listdir(tmp_path) == []
@@ -290,7 +290,7 @@ def test_outlines_draw_only_on_region_borders_and_skip_small_regions(models):
 
 
 def _y4m_input(path, count=6):
-    video.write_y4m(path, [_frame(seed) for seed in range(count)], fps=12)
+    video_io.write_y4m(path, [_frame(seed) for seed in range(count)], fps=12)
     return str(path)
 
 
@@ -307,7 +307,7 @@ def test_demo_video_on_y4m_writes_every_frame_and_prints_fps(models, tmp_path, c
                      "--effect", "replace", "--background", "255,0,255", "--threads", "1", "--json", str(report)])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
-    written = list(video.read_y4m(out))
+    written = list(video_io.read_y4m(out))
     assert len(written) == 6 and written[0].shape == (64, 96, 3)
     assert _fps(stdout) > 0 and "inference only" in stdout and "6 frames of 96x64" in stdout
     result = json.loads(report.read_text())
@@ -316,7 +316,7 @@ def test_demo_video_on_y4m_writes_every_frame_and_prints_fps(models, tmp_path, c
     assert 0 < result["inference_median_ms"] <= result["inference_p90_ms"]
     assert result["stages_ms"]["inference"]["runs"] == 6 and result["model_input"]["shape"] == [1, 32, 48, 3]
     # The background (as the model sees the decoded input) is magenta, within Y4M's rounding.
-    decoded = next(video.read_y4m(source))
+    decoded = next(video_io.read_y4m(source))
     classes, _, _ = _runner_classes(models["logits2"], decoded)
     background = _interior(classes == 0, 2)
     assert np.abs(written[0][background].astype(int) - (255, 0, 255)).max() <= 6
@@ -328,14 +328,14 @@ def test_demo_video_mp4_round_trip(models, tmp_path, capsys):
     mp4, back = tmp_path / "out.mp4", tmp_path / "back.y4m"
     assert video.main(["--model", models["logits2"], "--input", source, "--output", str(mp4)]) == 0
     assert "effect blur" in capsys.readouterr().out  # the default for a 2-class model
-    with video.open_video(mp4) as reader:
+    with video_io.open_video(mp4) as reader:
         assert (reader.width, reader.height, reader.fps) == (96, 64, 12)
         decoded = list(reader)
     assert len(decoded) == 8 and decoded[0].shape == (64, 96, 3)
     assert video.main(["--model", models["class_map"], "--input", str(mp4), "--output", str(back),
                        "--max-frames", "5"]) == 0
     assert "effect classes" in capsys.readouterr().out  # the default for 3 classes
-    assert len(list(video.read_y4m(back))) == 5
+    assert len(list(video_io.read_y4m(back))) == 5
 
 
 def test_demo_video_imports_no_tensorflow(models, tmp_path):

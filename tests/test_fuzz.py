@@ -135,7 +135,7 @@ def test_a_polygon_vertex_at_1e9_is_clipped_not_a_segfault(tmp_path):
 
 def test_a_y4m_header_asking_for_terabytes_is_a_truncated_frame(tmp_path):
     from export.frames import InputError
-    from export.video import read_y4m
+    from export.video_io import read_y4m
 
     path = tmp_path / "huge.y4m"
     path.write_bytes(b"YUV4MPEG2 W99999999 H99999999 F25:1\nFRAME\n" + bytes(100))

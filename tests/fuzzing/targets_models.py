@@ -163,7 +163,7 @@ def _parse_bench(case):
 def _y4m_seeds(folder):
     import numpy as np
 
-    from export.video import write_y4m
+    from export.video_io import write_y4m
 
     rng = np.random.default_rng(4)
     frames = [rng.integers(0, 256, (6, 8, 3), dtype=np.uint8) for _ in range(3)]
@@ -201,7 +201,7 @@ def _y4m_case(rng, seeds, folder):
 
 
 def _parse_y4m(case):
-    from export.video import open_video
+    from export.video_io import open_video
 
     with open_video(case["path"]) as reader:
         for i, frame in enumerate(reader):
@@ -220,6 +220,6 @@ TARGETS = {
                               "flatbuffer and label zip are mutated", _tflite_seeds, _metadata_case, _parse_metadata),
     "bench": Target("bench", "`kseg bench` (export.bench.main) on mutated .tflite files", _tflite_seeds,
                     _tflite_case, _parse_bench, timeout=120.0),
-    "y4m": Target("y4m", "export.video.open_video on mutated Y4M files (header tokens and bytes)", _y4m_seeds,
+    "y4m": Target("y4m", "export.video_io.open_video on mutated Y4M files (header tokens and bytes)", _y4m_seeds,
                   _y4m_case, _parse_y4m),
 }
