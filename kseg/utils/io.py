@@ -19,6 +19,17 @@ import tempfile
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
+def _new_file_mode():
+    """The mode `open()` gives a new file: 0o666 less the process's umask (read, not changed)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# mkstemp makes 0600 files; a finished file gets the mode a plain open() would have given it.
+NEW_FILE_MODE = _new_file_mode()
+
+
 class WriteError(OSError):
     """Writing `filename` failed with `errno` (one of `WRITE_ERRNOS`).
 
@@ -63,6 +74,8 @@ def naming_write_errors(path):
 def atomic_path(path, suffix=None):
     """Yields a temporary path beside `path`; renames it to `path` if the block succeeds.
 
+    The file gets the mode a plain `open(path, "w")` would give it (`NEW_FILE_MODE`).
+
     Args:
         path: the final file name.
         suffix: suffix of the temporary name (default: `path`'s own extension, which
@@ -78,6 +91,7 @@ def atomic_path(path, suffix=None):
             os.makedirs(folder, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=suffix, dir=folder)
             os.close(fd)
+            os.chmod(tmp, NEW_FILE_MODE)
             yield tmp
             os.replace(tmp, path)
     finally:
@@ -88,7 +102,16 @@ def atomic_path(path, suffix=None):
 
 @contextlib.contextmanager
 def atomic_write(path, mode="w", **open_kwargs):
-    """Opens a temporary file for writing; it becomes `path` when the block succeeds."""
+    """Opens a temporary file for writing; it becomes `path` when the block succeeds.
+
+    Args:
+        path: the final file name.
+        mode: "w" (text) or "wb" (binary).
+        **open_kwargs: for `open`, e.g. encoding or newline.
+
+    Yields:
+        The open file.
+    """
     with atomic_path(path) as tmp:
         with open(tmp, mode, **open_kwargs) as f:
             yield f
