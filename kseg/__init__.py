@@ -19,7 +19,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "backbones",
     "data",
+    "layers",
     "losses",
     "metrics",
     "models",
@@ -27,6 +29,7 @@ __all__ = [
     "training",
     "utils",
     "viz",
+    "weights",
 ]
 
 _SUBMODULES = frozenset(__all__) - {"__version__"}

@@ -113,7 +113,7 @@ def test_a_saved_detector_reloads_without_the_file(tmp_path):
     written = write_download_layout(keras.applications.MobileNetV3Small(
         include_top=False, weights=None, input_shape=(64, 64, 3), include_preprocessing=True), path)
     config = {**SMALL_CONFIG, "backbone": "mobilenet_v3_small"}
-    model = MaskRCNN(num_classes=2, image_size=(64, 64), backbone_weights=str(path), **config)
+    model = MaskRCNN(num_classes=2, input_shape=(64, 64, 3), backbone_weights=str(path), **config)
     assert_loaded(model.get_layer("mobilenet_v3_small_backbone").get_layer("mobilenet_v3_small"), written)
     model.save(tmp_path / "detector.keras")
     path.unlink()  # the .keras file holds the weights; its config names no file to read again

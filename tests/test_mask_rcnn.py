@@ -22,7 +22,7 @@ K = len(SHAPE_CATEGORIES)
 
 
 def small_model(**overrides):
-    return MaskRCNN(num_classes=K, image_size=SIZE, **{**SMALL_CONFIG, **overrides})
+    return MaskRCNN(num_classes=K, input_shape=(*SIZE, 3), **{**SMALL_CONFIG, **overrides})
 
 
 def shapes_batches(count=8, batch_size=4, max_instances=6, seed=3):
@@ -241,7 +241,7 @@ def test_resnet50_fpn_parameters_reconcile_exactly_with_torchvision():
     moving statistics as weights (torchvision freezes them into buffers); torchvision also
     regresses a box and predicts a mask for the background class, which kseg does not.
     """
-    model = MaskRCNN(num_classes=90, image_size=(512, 512), backbone="resnet50")
+    model = MaskRCNN(num_classes=90, input_shape=(512, 512, 3), backbone="resnet50")
     count = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
     conv_biases = count(w for w in model.pyramid.weights if "_conv" in w.path and w.path.endswith("bias"))
     batch_norms = count(w for w in model.pyramid.weights if "_bn" in w.path)

@@ -65,7 +65,7 @@ def reduced():
     cases = []
     for i in range(len(reference["images"])):
         image = _image(reference, i)
-        model = load_torchvision_mask_rcnn(TorchvisionMaskRCNN(image.shape[:2], **_config(reference)), state_dict)
+        model = load_torchvision_mask_rcnn(TorchvisionMaskRCNN(image.shape, **_config(reference)), state_dict)
         expected = {k.split("/", 1)[1]: reference[k] for k in reference.files if k.startswith(f"{i}/")}
         expected["masks"] = np.unpackbits(expected["masks"], axis=-1, count=image.shape[1]).astype(bool)
         cases.append((model, image, expected))
@@ -340,7 +340,7 @@ def tiny_seeded_model():
     """A 64 x 64 TorchvisionMaskRCNN (90 classes) with the fixture's seeded torchvision weights."""
     from kseg.models.mask_rcnn import TorchvisionMaskRCNN
 
-    return load_torchvision_mask_rcnn(TorchvisionMaskRCNN((64, 64), **TINY), _state_dict(np.load(FIXTURE)))
+    return load_torchvision_mask_rcnn(TorchvisionMaskRCNN((64, 64, 3), **TINY), _state_dict(np.load(FIXTURE)))
 
 
 def test_training_settings_are_checked():

@@ -30,7 +30,7 @@ MAX_INSTANCES = 4
 
 
 def small_model(**overrides):
-    return MaskFormer(num_classes=THINGS, num_stuff_classes=STUFF, image_size=SIZE,
+    return MaskFormer(num_classes=THINGS, num_stuff_classes=STUFF, input_shape=(*SIZE, 3),
                       **{**SMALL_CONFIG, "object_threshold": 0.5, **overrides})
 
 
@@ -232,7 +232,7 @@ def test_a_mix_transformer_backbone_builds_and_trains_a_step():
     assert shapes == {"P2": (16, 16, 32), "P3": (8, 8, 64), "P4": (4, 4, 160), "P5": (2, 2, 256)}
     with pytest.raises(ValueError, match="has none in kseg"):
         build_backbone("mit_b0", (64, 64, 3), weights="imagenet")
-    model = MaskFormer(num_classes=3, num_stuff_classes=3, image_size=(64, 64),
+    model = MaskFormer(num_classes=3, num_stuff_classes=3, input_shape=(64, 64, 3),
                        **{**SMALL_CONFIG, "backbone": "mit_b0"})
     examples = panoptic_shapes_examples(2, seed=1, image_size=(64, 64))
     batch = next(iter(instance_dataset(examples, image_size=(64, 64), max_instances=6, batch_size=2,
@@ -260,7 +260,7 @@ def test_fit_runs_under_a_mirrored_strategy_with_the_numpy_matcher(tmp_path):
         "examples = panoptic_shapes_examples(4, seed=3, image_size=(64, 64))\n"
         "ds = instance_dataset(examples, image_size=(64, 64), max_instances=6, batch_size=4, semantic=True)\n"
         "with strategy.scope():\n"
-        "    model = MaskFormer(num_classes=3, num_stuff_classes=3, image_size=(64, 64), **SMALL_CONFIG)\n"
+        "    model = MaskFormer(num_classes=3, num_stuff_classes=3, input_shape=(64, 64, 3), **SMALL_CONFIG)\n"
         "    model.compile(optimizer=keras.optimizers.Adam(1e-3))\n"
         "history = model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0).history\n"
         "json.dump({'replicas': strategy.num_replicas_in_sync, 'loss': history['loss']}, sys.stdout)\n"

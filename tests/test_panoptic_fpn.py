@@ -16,7 +16,7 @@ STUFF = 2  # "top" and "bottom" halves of the background
 
 
 def small_model(**overrides):
-    return PanopticFPN(num_classes=len(SHAPE_CATEGORIES), num_stuff_classes=STUFF, image_size=SIZE,
+    return PanopticFPN(num_classes=len(SHAPE_CATEGORIES), num_stuff_classes=STUFF, input_shape=(*SIZE, 3),
                        **{**SMALL_CONFIG, "semantic_channels": 32, **overrides})
 
 

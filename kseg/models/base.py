@@ -15,6 +15,44 @@ def check_choice(arg, value, choices):
         raise ValueError(f"`{arg}` must be one of {tuple(choices)}; got {value!r}.")
 
 
+def detector_input_shape(input_shape, image_size, default=None):
+    """A detector's (H, W, 3) from `input_shape`, or from the older `image_size=(H, W)` argument.
+
+    Args:
+        input_shape: (H, W, 3) or None.
+        image_size: None, or (H, W) (the argument's earlier name, still taken).
+        default: the shape when both are None (None: one of them is required).
+
+    Raises:
+        ValueError: both or neither given, or not (H, W, 3) positive ints.
+    """
+    if image_size is not None:
+        if input_shape is not None:
+            raise ValueError(f"give `input_shape` (H, W, 3) only; got both input_shape={input_shape!r} and "
+                             f"image_size={image_size!r}.")
+        input_shape = (*image_size, 3) if len(tuple(image_size)) == 2 else image_size
+    if input_shape is None:
+        input_shape = default
+    if input_shape is None:
+        raise ValueError("`input_shape` (H, W, 3) is required; got None.")
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
+        raise ValueError(f"`input_shape` must be (H, W, 3) positive ints; got {input_shape!r}.")
+    return shape
+
+
+def legacy_detector_config(config):
+    """A saved detector config in today's arguments: the older `image_size` (H, W) becomes
+    `input_shape` (H, W, 3), so `.keras` files saved before the rename still load."""
+    config = dict(config)
+    if "image_size" in config:
+        config["input_shape"] = [*config.pop("image_size"), 3]
+    return config
+
+
 def check_kwargs(cls_name, kwargs):
     """Rejects keyword arguments that neither the model nor keras.Model takes."""
     unknown = sorted(set(kwargs) - KERAS_MODEL_KWARGS)

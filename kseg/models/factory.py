@@ -1,43 +1,110 @@
-"""Name -> model, for the CLI and config files. The one place where names become objects."""
+"""The one table from a model name to its constructor and presets, for every family.
 
+    MODEL_NAMES             unet, attention_unet, residual_unet, dense_unet, mobile_unet,
+                            segformer_b0 .. segformer_b5, mask_rcnn, panoptic_fpn, maskformer
+    model_presets(name)     {preset name: constructor arguments}; e.g. mask_rcnn: small,
+                            mobilenet, resnet50
+    build_model(name, preset=None, **kwargs)
+                            the name's own arguments, then the preset's, then `kwargs` on top
+
+A name fixes some arguments (attention_unet: attention=True; segformer_b2: variant="b2"); a
+preset is a set of sizes a user picks by name (a detector's "small" for CPU training,
+"resnet50" for the paper's). This is the one place where names become objects.
+"""
+
+from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+from kseg.models.maskformer import SMALL_CONFIG as MASKFORMER_SMALL_CONFIG
+from kseg.models.maskformer import MaskFormer
+from kseg.models.panoptic_fpn import PanopticFPN
 from kseg.models.segformer import SegFormer
 from kseg.models.unet import MobileUNet, UNet
 
-# Each entry: (constructor, preset keyword arguments). Users' kwargs override presets.
-_MODELS = {
-    "unet": (UNet, {}),
-    "attention_unet": (UNet, {"attention": True, "batch_norm": True}),
-    "residual_unet": (UNet, {"block": "residual", "batch_norm": True}),
-    "dense_unet": (UNet, {"block": "dense", "batch_norm": True}),
-    "mobile_unet": (MobileUNet, {}),
-    "segformer_b0": (SegFormer, {"variant": "b0"}),
-    "segformer_b1": (SegFormer, {"variant": "b1"}),
-    "segformer_b2": (SegFormer, {"variant": "b2"}),
-    "segformer_b3": (SegFormer, {"variant": "b3"}),
-    "segformer_b4": (SegFormer, {"variant": "b4"}),
-    "segformer_b5": (SegFormer, {"variant": "b5"}),
+# Mask R-CNN and Panoptic FPN: backbone + sizes of the heads.
+DETECTOR_PRESETS = {
+    "small": dict(SMALL_CONFIG),  # tests, demos and CPU training on 128-256 px images
+    "mobilenet": {**SMALL_CONFIG, "backbone": "mobilenet_v3_large", "fpn_channels": 128, "box_fc_dim": 512,
+                  "mask_channels": 128, "max_detections": 50},
+    "resnet50": {"backbone": "resnet50"},  # the paper's sizes (the constructors' defaults)
+}
+MASKFORMER_PRESETS = {
+    # 20 queries: enough for 8 things + the stuff of the panoptic shapes.
+    "small": {**MASKFORMER_SMALL_CONFIG, "num_queries": 20},
+    "resnet50": {"backbone": "resnet50"},  # the paper's sizes (MaskFormer's defaults)
 }
 
-MODEL_NAMES = tuple(_MODELS)
+# name: (constructor, the name's own arguments, {preset name: arguments})
+_TABLE = {
+    "unet": (UNet, {}, {}),
+    "attention_unet": (UNet, {"attention": True, "batch_norm": True}, {}),
+    "residual_unet": (UNet, {"block": "residual", "batch_norm": True}, {}),
+    "dense_unet": (UNet, {"block": "dense", "batch_norm": True}, {}),
+    "mobile_unet": (MobileUNet, {}, {}),
+    **{f"segformer_b{i}": (SegFormer, {"variant": f"b{i}"}, {}) for i in range(6)},
+    "mask_rcnn": (MaskRCNN, {}, DETECTOR_PRESETS),
+    "panoptic_fpn": (PanopticFPN, {}, DETECTOR_PRESETS),
+    "maskformer": (MaskFormer, {}, MASKFORMER_PRESETS),
+}
+
+MODEL_NAMES = tuple(_TABLE)
+# The semantic-segmentation names: (constructor, the name's own arguments). Kept in this shape
+# for kseg.training.finetune, which reads it.
+_MODELS = {name: (cls, fixed) for name, (cls, fixed, _) in _TABLE.items()
+           if cls in (UNet, MobileUNet, SegFormer)}
 
 
-def build_model(name, **kwargs):
-    """Builds the model called `name` with keyword arguments passed to its constructor.
+def _entry(name):
+    if name not in _TABLE:
+        raise ValueError(f"`name`: unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}.")
+    return _TABLE[name]
+
+
+def model_class(name):
+    """The constructor (a keras.Model class) behind the model called `name` (one of `MODEL_NAMES`)."""
+    return _entry(name)[0]
+
+
+def model_presets(name):
+    """The presets of the model called `name`: {preset name: constructor arguments} (a copy).
 
     Args:
         name: one of `MODEL_NAMES`.
-        **kwargs: constructor arguments (e.g. num_classes, input_shape, filters).
+
+    Returns:
+        A dict, empty for the models without presets (the U-Nets and SegFormers, whose name
+        fixes their arguments).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    return {preset: dict(arguments) for preset, arguments in _entry(name)[2].items()}
+
+
+def build_model(name, preset=None, **kwargs):
+    """Builds the model called `name`: its own arguments, then `preset`'s, then `kwargs` on top.
+
+    Args:
+        name: one of `MODEL_NAMES`.
+        preset: None (the constructor's defaults) or a name of `model_presets(name)`.
+        **kwargs: constructor arguments (e.g. num_classes, input_shape; detectors: num_classes
+            counts the object classes, input_shape is (H, W, 3)).
 
     Returns:
         A `keras.Model`.
 
     Raises:
-        ValueError: unknown name, or an argument the constructor does not take.
+        ValueError: unknown name or preset, or an argument the constructor does not take.
+
+    Example:
+        >>> model = build_model("mask_rcnn", "small", num_classes=2, input_shape=(64, 64, 3))
+        >>> type(model).__name__
+        'MaskRCNN'
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}.")
-    cls, presets = _MODELS[name]
+    cls, fixed, presets = _entry(name)
+    if preset is not None and preset not in presets:
+        expected = ", ".join(presets) if presets else "none (this model has no presets)"
+        raise ValueError(f"`preset`: model {name!r} has no preset {preset!r}; expected one of {expected}.")
+    arguments = {**fixed, **(presets[preset] if preset is not None else {}), **kwargs}
     try:
-        return cls(**{**presets, **kwargs})
+        return cls(**arguments)
     except TypeError as e:
         raise ValueError(f"model {name!r} ({cls.__name__}) rejected its arguments {sorted(kwargs)}: {e}") from e

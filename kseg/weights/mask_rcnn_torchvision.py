@@ -180,7 +180,7 @@ def mask_rcnn_from_torchvision(path, image_size, **kwargs):
     scores = state_dict.get("roi_heads.box_predictor.cls_score.weight")
     if "num_classes" not in kwargs and scores is not None:
         kwargs["num_classes"] = int(np.shape(scores)[0]) - 1
-    return load_torchvision_mask_rcnn(TorchvisionMaskRCNN(image_size, **kwargs), state_dict)
+    return load_torchvision_mask_rcnn(TorchvisionMaskRCNN((*image_size, 3), **kwargs), state_dict)
 
 
 def _delta_rows(groups, first):

@@ -17,7 +17,14 @@ import tensorflow as tf
 
 from kseg.backbones import build_backbone
 from kseg.layers import FPN, ROIAlign
-from kseg.models.base import LossDictTraining, SegmentationModel, check_kwargs, dtype_policy_scope
+from kseg.models.base import (
+    LossDictTraining,
+    SegmentationModel,
+    check_kwargs,
+    detector_input_shape,
+    dtype_policy_scope,
+    legacy_detector_config,
+)
 from kseg.models.mask_rcnn import targets
 from kseg.models.mask_rcnn.heads import BoxHead, MaskHead, RPNHead
 from kseg.models.mask_rcnn.layers import DetectedMasks, Detections, Proposals
@@ -35,7 +42,7 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
 
     Args:
         num_classes: K object classes (the background is class 0, added internally).
-        image_size: (H, W), static; divisible by 32.
+        input_shape: (H, W, 3), static; H and W divisible by 32 (default (512, 512, 3)).
         backbone: "resnet50", "mobilenet_v3_large", "mobilenet_v3_small" or "small".
         backbone_weights: None or "imagenet".
         fpn_channels: D (256).
@@ -54,9 +61,10 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
             TFLite ops, for export); the two agree to 1e-5. Compiled by XLA
             (`compile(jit_compile=True)`), the model runs "gather" whatever this says.
         paste_masks: output masks in image coordinates (True) or on each box's 28 x 28 grid.
+        image_size: (H, W), the earlier name of `input_shape` (still taken; give one of them).
 
     Example:
-        >>> model = MaskRCNN(num_classes=3, image_size=(64, 64), **SMALL_CONFIG)
+        >>> model = MaskRCNN(num_classes=3, input_shape=(64, 64, 3), **SMALL_CONFIG)
         >>> sorted(model.output)
         ['boxes', 'classes', 'masks', 'num_detections', 'scores']
     """
@@ -64,7 +72,7 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
     def __init__(
         self,
         num_classes,
-        image_size=(512, 512),
+        input_shape=None,
         backbone="resnet50",
         backbone_weights=None,
         fpn_channels=256,
@@ -86,12 +94,14 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         roi_align_method="crop_and_resize",
         paste_masks=True,
         name="mask_rcnn",
+        image_size=None,
         **kwargs,
     ):
         check_kwargs(type(self).__name__, kwargs)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"`num_classes` must be a positive int (object classes, no background); got {num_classes!r}.")
-        image_size = tuple(int(s) for s in image_size)
+        input_shape = detector_input_shape(input_shape, image_size, default=(512, 512, 3))
+        image_size = input_shape[:2]
         anchors = box_ops.anchor_boxes(image_size, sizes=tuple(anchor_sizes), aspect_ratios=tuple(aspect_ratios),
                                        scales=tuple(anchor_scales))
         with dtype_policy_scope(kwargs.get("dtype")):
@@ -122,7 +132,8 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
             setattr(self, attribute, layer)
 
         self.num_classes = num_classes
-        self.image_size = image_size
+        self.image_shape = input_shape  # keras.Model's `input_shape` is the graph's, with the batch
+        self.image_size = image_size  # (H, W)
         self.backbone = backbone
         self.backbone_weights = backbone_weights
         self.fpn_channels = fpn_channels
@@ -229,7 +240,7 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
     def get_config(self):
         return {
             "num_classes": self.num_classes,
-            "image_size": list(self.image_size),
+            "input_shape": list(self.image_shape),
             "backbone": self.backbone,
             "backbone_weights": None,  # the weights are in the saved file: a reload never fetches them again
             "fpn_channels": self.fpn_channels,
@@ -252,6 +263,10 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
             "paste_masks": self.paste_masks,
             **self.base_config(),
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**legacy_detector_config(config))
 
 
 # A configuration for tests, demos and CPU training on 128-256 px images.

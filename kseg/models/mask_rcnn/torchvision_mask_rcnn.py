@@ -45,7 +45,7 @@ import tensorflow as tf
 
 from kseg.backbones.torchvision_resnet import torchvision_resnet50
 from kseg.layers import FPN, ROIAlign
-from kseg.models.base import LossDictTraining, SegmentationModel
+from kseg.models.base import LossDictTraining, SegmentationModel, detector_input_shape, legacy_detector_config
 from kseg.models.mask_rcnn import targets
 from kseg.models.mask_rcnn.heads import BoxHead, MaskHead, RPNHead
 from kseg.models.mask_rcnn.layers import DetectedMasks
@@ -73,7 +73,7 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
     """Mask R-CNN exactly as torchvision's `maskrcnn_resnet50_fpn` (inference), for one image size.
 
     Args:
-        image_size: (h0, w0), the size of the images the model takes.
+        input_shape: (h0, w0, 3), the size of the images the model takes.
         num_classes: K object classes (torchvision's `num_classes` - 1; 90 for COCO).
         min_size, max_size: torchvision's resize (800, 1333).
         image_mean, image_std: normalization of [0, 1] pixels (ImageNet's).
@@ -89,22 +89,22 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
         rpn_batch_size, rpn_positive_fraction: anchors sampled per image for the RPN loss (256, 0.5).
         roi_batch_size, roi_positive_fraction: ROIs sampled per image for the heads (512, 0.25);
             the background part needs as many training proposals.
+        image_size: (h0, w0), the earlier name of `input_shape` (still taken; give one of them).
 
     Example:
-        >>> model = TorchvisionMaskRCNN((64, 96), num_classes=3, min_size=64, max_size=96,
+        >>> model = TorchvisionMaskRCNN((64, 96, 3), num_classes=3, min_size=64, max_size=96,
         ...                             rpn_pre_nms_topk=50, rpn_post_nms_topk=20)  # doctest: +SKIP
     """
 
-    def __init__(self, image_size, num_classes=COCO_CLASSES, min_size=800, max_size=1333, image_mean=IMAGENET_MEAN,
+    def __init__(self, input_shape=None, num_classes=COCO_CLASSES, min_size=800, max_size=1333, image_mean=IMAGENET_MEAN,
                  image_std=IMAGENET_STD, anchor_sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0),
                  rpn_pre_nms_topk=1000, rpn_post_nms_topk=1000, rpn_nms_iou=0.7, box_score_threshold=0.05,
                  box_nms_iou=0.5, max_detections=100, roi_align_method="crop_and_resize", paste_masks=True,
                  trainable_stages=3, rpn_pre_nms_topk_train=2000, rpn_post_nms_topk_train=2000, rpn_batch_size=256,
                  rpn_positive_fraction=0.5, roi_batch_size=512, roi_positive_fraction=0.25,
-                 name="torchvision_mask_rcnn", **kwargs):
-        image_size = tuple(int(v) for v in image_size)
-        if len(image_size) != 2 or min(image_size) < 1:
-            raise ValueError(f"`image_size` must be (H, W) positive ints; got {image_size!r}.")
+                 name="torchvision_mask_rcnn", image_size=None, **kwargs):
+        input_shape = detector_input_shape(input_shape, image_size)
+        image_size = input_shape[:2]
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"`num_classes` must be a positive int (object classes, no background); "
                              f"got {num_classes!r}.")
@@ -149,7 +149,8 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
         outputs = {"boxes": boxes, "scores": scores, "classes": classes, "masks": masks, "num_detections": num}
         super().__init__(inputs=image, outputs=outputs, name=name, **kwargs)
 
-        self.image_size = image_size
+        self.image_shape = input_shape  # keras.Model's `input_shape` is the graph's, with the batch
+        self.image_size = image_size  # (h0, w0)
         self.num_classes = num_classes
         self.min_size = min_size
         self.max_size = max_size
@@ -248,7 +249,7 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
 
     def get_config(self):
         return {
-            "image_size": list(self.image_size), "num_classes": self.num_classes, "min_size": self.min_size,
+            "input_shape": list(self.image_shape), "num_classes": self.num_classes, "min_size": self.min_size,
             "max_size": self.max_size, "image_mean": list(self.image_mean), "image_std": list(self.image_std),
             "anchor_sizes": list(self.anchor_sizes), "aspect_ratios": list(self.aspect_ratios),
             "rpn_pre_nms_topk": self.rpn_pre_nms_topk, "rpn_post_nms_topk": self.rpn_post_nms_topk,
@@ -260,6 +261,10 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
             "rpn_positive_fraction": self.rpn_positive_fraction, "roi_batch_size": self.roi_batch_size,
             "roi_positive_fraction": self.roi_positive_fraction, **self.base_config(),
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**legacy_detector_config(config))
 
 
 def check_training_sizes(level_counts, pre_nms_topk, post_nms_topk, rpn_batch_size, rpn_positive_fraction,

@@ -23,7 +23,14 @@ import keras
 import tensorflow as tf
 
 from kseg.backbones import build_backbone
-from kseg.models.base import LossDictTraining, SegmentationModel, check_kwargs, dtype_policy_scope
+from kseg.models.base import (
+    LossDictTraining,
+    SegmentationModel,
+    check_kwargs,
+    detector_input_shape,
+    dtype_policy_scope,
+    legacy_detector_config,
+)
 from kseg.models.maskformer.heads import MaskClassificationInference, PixelDecoder, PredictionHeads, TransformerDecoder
 from kseg.models.maskformer.losses import panoptic_targets, set_prediction_losses
 
@@ -40,7 +47,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         num_classes: K_things, the thing categories 1..K_things.
         num_stuff_classes: S stuff categories K_things + 1 .. K_things + S (0: things only).
             K = K_things + S classes are predicted, plus "no object".
-        image_size: (H, W), static; divisible by 32.
+        input_shape: (H, W, 3), static; H and W divisible by 32 (default (512, 512, 3)).
         backbone: a `kseg.backbones.build_backbone` name ("resnet50", ..., "small").
         backbone_weights: None or "imagenet".
         num_queries: N (100).
@@ -56,9 +63,10 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         deep_supervision: the loss after every decoder layer (True) or after the last only.
         object_threshold, overlap_threshold, mask_threshold, min_area: panoptic inference
             (0.8, 0.8, 0.5, 0 pixels; `mask_classification_panoptic`).
+        image_size: (H, W), the earlier name of `input_shape` (still taken; give one of them).
 
     Example:
-        >>> model = MaskFormer(num_classes=3, num_stuff_classes=2, image_size=(64, 64), **SMALL_CONFIG)
+        >>> model = MaskFormer(num_classes=3, num_stuff_classes=2, input_shape=(64, 64, 3), **SMALL_CONFIG)
         >>> tuple(model.output["class_probs"].shape), tuple(model.output["mask_logits"].shape)
         ((None, 10, 6), (None, 10, 16, 16))
     """
@@ -67,7 +75,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         self,
         num_classes,
         num_stuff_classes=0,
-        image_size=(512, 512),
+        input_shape=None,
         backbone="resnet50",
         backbone_weights=None,
         num_queries=100,
@@ -88,6 +96,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         mask_threshold=0.5,
         min_area=0,
         name="maskformer",
+        image_size=None,
         **kwargs,
     ):
         check_kwargs(type(self).__name__, kwargs)
@@ -97,7 +106,8 @@ class MaskFormer(LossDictTraining, SegmentationModel):
                 raise ValueError(f"`{arg}` must be an int >= {low}; got {value!r}.")
         if num_classes + num_stuff_classes < 1:
             raise ValueError("MaskFormer needs at least one class: num_classes + num_stuff_classes is 0.")
-        image_size = tuple(int(s) for s in image_size)
+        input_shape = detector_input_shape(input_shape, image_size, default=(512, 512, 3))
+        image_size = input_shape[:2]
         with dtype_policy_scope(kwargs.get("dtype")):
             pyramid = build_backbone(backbone, image_size + (3,), weights=backbone_weights)
             pixel_decoder = PixelDecoder(pixel_decoder_channels, mask_dim, name="pixel_decoder")
@@ -121,7 +131,8 @@ class MaskFormer(LossDictTraining, SegmentationModel):
 
         self.num_classes = num_classes
         self.num_stuff_classes = num_stuff_classes
-        self.image_size = image_size
+        self.image_shape = input_shape  # keras.Model's `input_shape` is the graph's, with the batch
+        self.image_size = image_size  # (H, W)
         self.backbone = backbone
         self.backbone_weights = backbone_weights
         self.num_queries = num_queries
@@ -187,7 +198,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         return {
             "num_classes": self.num_classes,
             "num_stuff_classes": self.num_stuff_classes,
-            "image_size": list(self.image_size),
+            "input_shape": list(self.image_shape),
             "backbone": self.backbone,
             "backbone_weights": None,  # the weights are in the saved file: a reload never fetches them again
             "num_queries": self.num_queries,
@@ -209,6 +220,10 @@ class MaskFormer(LossDictTraining, SegmentationModel):
             "min_area": self.min_area,
             **self.base_config(),
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**legacy_detector_config(config))
 
 
 # A configuration for tests, demos and CPU training on 64-256 px images.

@@ -36,11 +36,11 @@ class PanopticFPN(MaskRCNN):
             the thing ids 1..K).
         fusion_score_threshold, overlap_threshold, min_stuff_area: the fusion's rules (0.5, 0.5,
             64 pixels at the input size; the paper's 4096 is at 800 x 1333).
-        **kwargs: MaskRCNN's arguments (image_size, backbone, ...).
+        **kwargs: MaskRCNN's arguments (input_shape, backbone, ...).
 
     Example:
         >>> from kseg.models.mask_rcnn import SMALL_CONFIG
-        >>> model = PanopticFPN(num_classes=2, num_stuff_classes=3, image_size=(64, 64), **SMALL_CONFIG)
+        >>> model = PanopticFPN(num_classes=2, num_stuff_classes=3, input_shape=(64, 64, 3), **SMALL_CONFIG)
         >>> tuple(model.output["semantic_logits"].shape)
         (None, 64, 64, 4)
     """

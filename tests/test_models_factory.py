@@ -1,0 +1,103 @@
+"""The one model table (kseg.models.factory): every name builds with every preset, bad names,
+presets and arguments fail naming them, and detectors take `input_shape` (and their old
+`image_size` argument and saved configs)."""
+
+import keras
+import pytest
+
+import kseg
+from kseg.models import (
+    MODEL_NAMES,
+    MaskFormer,
+    MaskRCNN,
+    MobileUNet,
+    PanopticFPN,
+    SegFormer,
+    TorchvisionMaskRCNN,
+    UNet,
+    build_model,
+    model_class,
+    model_presets,
+)
+
+SHAPE = (64, 64, 3)
+CLASSES = {"mask_rcnn": MaskRCNN, "panoptic_fpn": PanopticFPN, "maskformer": MaskFormer, "mobile_unet": MobileUNet,
+           **{n: UNet for n in ("unet", "attention_unet", "residual_unet", "dense_unet")},
+           **{f"segformer_b{i}": SegFormer for i in range(6)}}
+DETECTOR_ARGUMENTS = {"mask_rcnn": {"num_classes": 2}, "panoptic_fpn": {"num_classes": 2, "num_stuff_classes": 2},
+                      "maskformer": {"num_classes": 2, "num_stuff_classes": 2}}
+# The sizes that keep the big presets quick to build at 64 x 64.
+LIGHT = {"mask_rcnn": {"rpn_pre_nms_topk": (100, 50), "rpn_post_nms_topk": (50, 20)},
+         "panoptic_fpn": {"rpn_pre_nms_topk": (100, 50), "rpn_post_nms_topk": (50, 20)}, "maskformer": {}}
+CASES = [(name, preset) for name in MODEL_NAMES for preset in (model_presets(name) or [None])]
+
+
+def test_every_family_is_in_the_table():
+    assert set(MODEL_NAMES) == set(CLASSES)
+    assert {model_class(name) for name in MODEL_NAMES} | {TorchvisionMaskRCNN} == set(CLASSES.values()) | {
+        TorchvisionMaskRCNN}
+    assert set(model_presets("mask_rcnn")) == {"small", "mobilenet", "resnet50"}
+    assert model_presets("panoptic_fpn") == model_presets("mask_rcnn")
+    assert set(model_presets("maskformer")) == {"small", "resnet50"}
+    assert model_presets("unet") == {}
+
+
+def test_the_package_exposes_every_family_and_its_submodules():
+    assert kseg.layers.ROIAlign.__name__ == "ROIAlign"
+    assert kseg.backbones.build_backbone.__name__ == "build_backbone"
+    assert kseg.models.PanopticFPN is PanopticFPN
+
+
+def test_model_presets_returns_a_copy():
+    model_presets("mask_rcnn")["small"]["fpn_channels"] = 1
+    assert model_presets("mask_rcnn")["small"]["fpn_channels"] == 64
+
+
+@pytest.mark.parametrize("name,preset", CASES, ids=[f"{n}-{p}" for n, p in CASES])
+def test_every_name_builds_with_every_preset(name, preset):
+    kwargs = {"input_shape": SHAPE, **DETECTOR_ARGUMENTS.get(name, {"num_classes": 3}), **LIGHT.get(name, {})}
+    model = build_model(name, preset, **kwargs)
+    assert type(model) is CLASSES[name]
+    config = model.get_config()
+    assert tuple(config["input_shape"]) == SHAPE
+    for key, value in (model_presets(name).get(preset) or {}).items():
+        if key not in kwargs:
+            assert config[key] == (list(value) if isinstance(value, tuple) else value), key
+    if name.startswith("segformer_"):
+        assert config["variant"] == name[-2:]
+
+
+def test_user_arguments_override_the_preset():
+    model = build_model("mask_rcnn", "small", num_classes=2, input_shape=SHAPE, max_detections=7)
+    assert model.max_detections == 7
+    assert model.fpn_channels == model_presets("mask_rcnn")["small"]["fpn_channels"]
+    assert build_model("attention_unet", num_classes=2, input_shape=SHAPE, filters=8, depth=2).attention
+
+
+@pytest.mark.parametrize("call,named", [
+    (lambda: build_model("mask_rnn", num_classes=2), "'mask_rnn'"),
+    (lambda: build_model("mask_rcnn", "tiny", num_classes=2), "'tiny'"),
+    (lambda: build_model("unet", "small", num_classes=2), "'small'"),
+    (lambda: build_model("mask_rcnn", "small", num_classes=2, input_shape=SHAPE, fpn_width=8), "fpn_width"),
+    (lambda: model_presets("segformer"), "'segformer'"),
+])
+def test_a_bad_name_preset_or_argument_raises_naming_it(call, named):
+    with pytest.raises(ValueError, match=named) as err:
+        call()
+    assert "expected" in str(err.value) or "rejected" in str(err.value)
+
+
+def test_a_detector_takes_its_old_image_size_argument_and_config():
+    small = model_presets("mask_rcnn")["small"]
+    new = MaskRCNN(num_classes=2, input_shape=SHAPE, **small)
+    old = MaskRCNN(num_classes=2, image_size=SHAPE[:2], **small)
+    assert old.get_config() == {**new.get_config(), "name": old.name}
+    assert new.image_size == (64, 64)
+    legacy = {k: v for k, v in new.get_config().items() if k != "input_shape"}
+    reloaded = MaskRCNN.from_config({**legacy, "image_size": [64, 64]})
+    assert reloaded.get_config()["input_shape"] == [64, 64, 3]
+    with pytest.raises(ValueError, match="input_shape"):
+        MaskRCNN(num_classes=2, input_shape=SHAPE, image_size=SHAPE[:2], **small)
+    with pytest.raises(ValueError, match="input_shape"):
+        MaskFormer(num_classes=2, input_shape=(64, 64), **model_presets("maskformer")["small"])
+    keras.backend.clear_session()
