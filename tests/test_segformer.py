@@ -322,7 +322,7 @@ def test_docstring_examples_run():
     import doctest
 
     import kseg.layers.mix_transformer as layers_module
-    import kseg.models.segformer.mit as mit_module
+    import kseg.backbones.mix_transformer as mit_module
     import kseg.models.segformer.segformer as segformer_module
 
     for module in (layers_module, mit_module, segformer_module):

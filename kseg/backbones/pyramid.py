@@ -6,7 +6,7 @@
 "resnet50" and "mobilenet_v3_large"/"mobilenet_v3_small" come from `keras.applications`
 (`weights="imagenet"` loads the ImageNet weights where they can be downloaded, or the path of
 the file keras.applications downloads: `kseg.backbones.application_weights`); "mit_b0" ..
-"mit_b5" are SegFormer's Mix Transformer encoders (`kseg.models.segformer.mit`, no pretrained
+"mit_b5" are SegFormer's Mix Transformer encoders (`kseg.backbones.mix_transformer`, no pretrained
 weights in kseg); "small" is a light plain-conv network for tests and CPU training.
 """
 
@@ -14,6 +14,7 @@ import keras
 from keras import layers
 
 from kseg.backbones.application_weights import build_application
+from kseg.backbones.mix_transformer import mix_transformer
 
 LEVELS = (2, 3, 4, 5)
 MIT_BACKBONES = tuple(f"mit_b{i}" for i in range(6))
@@ -102,8 +103,6 @@ def _mobilenet_v3(image, name, weights):
 
 
 def _mix_transformer(image, variant):
-    from kseg.models.segformer.mit import mix_transformer  # kseg.models imports this module
-
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(image)  # as SegFormer
     encoder = mix_transformer((image.shape[1], image.shape[2], 3), variant)
     return dict(zip(LEVELS, encoder(x)))

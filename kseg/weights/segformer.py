@@ -45,7 +45,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from kseg.models.segformer import MIT_CONFIGS, SegFormer
-from kseg.models.segformer.mit import REDUCTION_RATIOS
+from kseg.backbones.mix_transformer import REDUCTION_RATIOS
 from kseg.weights.reading import read_state_dict
 
 HF4_BLOCK = {

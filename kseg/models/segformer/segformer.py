@@ -3,7 +3,7 @@
     input     [B, H, W, 3]  raw pixels in [0, 255]; H, W static and divisible by 32
     normalize [B, H, W, 3]  ImageNet mean/std on [0, 1] pixels (the published checkpoints'), or
               x / 127.5 - 1 ("symmetric", what kseg used before it loaded published weights)
-    encoder   F_i [B, H / s, W / s, C_i], s = 4, 8, 16, 32 (kseg.models.segformer.mit)
+    encoder   F_i [B, H / s, W / s, C_i], s = 4, 8, 16, 32 (kseg.backbones.mix_transformer)
     decoder   each F_i -> 1x1 linear to D -> bilinear to H / 4; concat (F_4 first) -> 1x1 conv
               4D -> D + BatchNorm + ReLU -> dropout -> 1x1 conv to K   (D = decoder_channels)
     output    [B, H, W, K]  logits, bilinearly upsampled from stride 4 (as kseg's U-Nets)
@@ -17,7 +17,7 @@ import keras
 from keras import layers
 
 from kseg.models.base import SegmentationModel, check_choice, check_kwargs, dtype_policy_scope
-from kseg.models.segformer.mit import MIT_CONFIGS, STRIDES, encoder_name, mix_transformer, stage_widths_and_depths
+from kseg.backbones.mix_transformer import MIT_CONFIGS, STRIDES, encoder_name, mix_transformer, stage_widths_and_depths
 from kseg.models.unet import blocks
 
 # What the published SegFormer checkpoints were trained on (NVlabs' mmseg configs, Hugging Face's
