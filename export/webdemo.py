@@ -6,9 +6,10 @@
         --instance-model shapes_mask_rcnn.keras --instance-labels circle,square,triangle
 
 With no --run it uses `kseg-demo/run` (what `kseg demo` writes), training it first (about
-3 minutes on 2 cores) when it is not there. Each run is exported with `kseg export` to every
-variant (fp32, fp16, dynamic, int8) at the run's image size, uint8 camera input, logits out and
-TFLite metadata, so the same files also run in MediaPipe's Image Segmenter.
+3 minutes on 2 cores) when it is not there. Each run is exported by `export.export_run` (what
+`kseg export` runs) to every variant (fp32, fp16, dynamic, int8) at the run's image size, uint8
+camera input, logits out and TFLite metadata, so the same files also run in MediaPipe's Image
+Segmenter.
 
 The index lists one entry per model file: the page reads labels, colours (kseg.viz.palette),
 the background class, the softmax activation and the tensors' quantization from it.
@@ -196,22 +197,23 @@ def write_sample(image_path, models_dir):
         Image.open(image_path).convert("RGB").save(tmp, format="PNG")
 
 
-def export_run(run_dir, models_dir, name=None, background=None, title=None, gpu=False):
-    """`kseg export` of a run into `models_dir`/NAME, plus the page's sidecar; returns the folder."""
-    from kseg import cli
+def add_run(run_dir, models_dir, name=None, background=None, title=None, gpu=False):
+    """`export_run` of a semantic run into `models_dir`/NAME, plus the page's sidecar.
+
+    Returns:
+        (the folder written, the run's DataSpec).
+
+    Raises:
+        export.run.ExportFailed: a variant missed its parity tolerance (its report is in the folder).
+    """
+    from export.run import export_run
     from kseg.training import load_run
 
     spec = load_run(run_dir)["data"]
     name = name or Path(run_dir).resolve().name
     out = Path(models_dir) / name
-    argv = ["export", "--run", str(run_dir), "--output", str(out), "--name", name, "--quiet"]
-    if spec.channels == 1:
-        argv.append("--rgb-input")  # phones deliver RGB; the graph converts to grey
-    if not gpu:
-        argv.append("--no-gpu")
-    status = cli.main(argv)
-    if status != 0:
-        raise RuntimeError(f"kseg export --run {run_dir} exited with {status}; see its report in {out}.")
+    # Phones deliver RGB: a grey model's graph converts it (rgb_input).
+    export_run(run_dir, out, name=name, rgb_input=spec.channels == 1, gpu=gpu, verbose=False)
     write_sidecar(out, title or name, background or 0)
     return out, spec
 
@@ -381,7 +383,7 @@ def main(argv=None):
             for run in runs:
                 name = args.name or ("isbi_unet" if Path(run) == DEFAULT_RUN else None)
                 title = "ISBI U-Net (kseg demo)" if name == "isbi_unet" and not args.name else None
-                _, spec = export_run(run, out, name=name, title=title, background=args.background_class, gpu=args.gpu)
+                _, spec = add_run(run, out, name=name, title=title, background=args.background_class, gpu=args.gpu)
                 if not (out / SAMPLE).exists():
                     from kseg.training.trainer import split
 

@@ -1,9 +1,11 @@
-"""kseg export: TFLite variants, in-graph pre/post-processing, the parity report and its CLI.
+"""kseg export: TFLite variants, in-graph pre/post-processing, the parity report, its CLI and
+`export_run` (the same export from Python).
 
 Parity is measured on real images (the vendored ISBI sample), never on noise.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import keras
@@ -13,7 +15,7 @@ import tensorflow as tf
 
 from export import report as export_report
 from export import tflite
-from kseg.data.samples import ISBI_CLASSES, isbi_sample_dirs
+from kseg.data.samples import ISBI_CLASSES, ISBI_REMAP, isbi_sample_dirs
 from tests import testing
 from tests.testing import sample_examples
 
@@ -194,3 +196,107 @@ def test_export_cli_bad_input_names_the_problem(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "m.keras"), "--images", str(tmp_path / "empty"),
                  "--tolerance", "fp32=1"]) == 2
     assert "VARIANT:KEY=VALUE" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- export_run
+TIMINGS = ("convert_seconds", "cpu", "speedup_vs_fp32", "targets_missed")  # of a run, not of the export
+
+
+def written_report(folder):
+    """export_report.json of `folder`, its variants' files by name and without timings."""
+    report = json.loads((Path(folder) / "export_report.json").read_text())
+    for entry in report["variants"].values():
+        assert Path(entry["file"]).parent == Path(folder)
+        entry["file"] = Path(entry["file"]).name
+        for key in TIMINGS:
+            entry.pop(key, None)
+    return report
+
+
+def assert_same_export(a, b, same_bytes=("fp32", "fp16", "dynamic", "int8")):
+    """Two export folders hold the same files, the same report and (for `same_bytes`) the same .tflite bytes."""
+    names = sorted(p.name for p in Path(a).iterdir())
+    assert names == sorted(p.name for p in Path(b).iterdir())
+    report = written_report(a)
+    assert report == written_report(b)
+    for variant, entry in report["variants"].items():
+        first, second = (Path(folder, entry["file"]).read_bytes() for folder in (a, b))
+        assert len(first) == len(second) and (variant not in same_bytes or first == second), variant
+
+
+@pytest.fixture(scope="module")
+def isbi_run(tmp_path_factory):
+    """A semantic run folder as kseg train leaves it: run.json on the ISBI sample (64x64 grey, masks remapped,
+    named classes, 2 of the 10 pairs held out) and best.keras of a small U-Net."""
+    from kseg.training import DataSpec
+
+    run = tmp_path_factory.mktemp("isbi_run")
+    images, masks = isbi_sample_dirs()
+    spec = DataSpec(images=str(images), masks=str(masks), num_classes=2, remap=ISBI_REMAP, channels=1,
+                    image_size=(64, 64), class_names=list(ISBI_CLASSES))
+    (run / "run.json").write_text(json.dumps({"data": spec.to_json(), "model": {"name": "unet"}, "train": {}}))
+    testing.small_unet("unet-transpose", num_classes=2).save(run / "best.keras")
+    return run
+
+
+@pytest.mark.slow
+def test_export_run_from_python_writes_what_kseg_export_writes(isbi_run, tmp_path):
+    from export import export_run
+    from export.run import ExportFailed
+    from kseg.cli import main
+
+    flags = ["--variants", "fp32", "int8", "dynamic", "--num-images", "3", "--num-calibration", "5", "--no-gpu",
+             "--quiet", "--tolerance", "dynamic:min_agreement=1.01"]
+    assert main(["export", "--run", str(isbi_run), "--output", str(tmp_path / "cli"), *flags]) == 1
+    with pytest.raises(ExportFailed, match="dynamic") as failed:
+        export_run(isbi_run, tmp_path / "python", variants=("fp32", "int8", "dynamic"), num_images=3,
+                   num_calibration=5, gpu=False, tolerances={"dynamic": {"min_agreement": 1.01}}, verbose=False)
+    assert_same_export(tmp_path / "cli", tmp_path / "python")
+    assert (tmp_path / "cli" / "export_report.md").read_text() == (tmp_path / "python" / "export_report.md").read_text()
+    report = failed.value.report
+    assert report == json.loads((tmp_path / "python" / "export_report.json").read_text())
+    # What export_run read from run.json: size, channels, labels, remapped masks, the held-out pairs.
+    assert report["input"]["shape"] == [1, 64, 64, 1] and report["labels"] == list(ISBI_CLASSES)
+    assert report["parity_images"] == 2 and report["calibration_images"] == 5 and report["keras_mean_iou"] > 0
+    assert [v for v, e in report["variants"].items() if not e["passed"]] == ["dynamic"]
+    # Without output_dir it writes RUN/export, as kseg export does.
+    export_run(isbi_run, variants=("fp32",), gpu=False, verbose=False)
+    fp32 = (isbi_run / "export" / "unet_fp32.tflite").read_bytes()
+    assert fp32 == (tmp_path / "cli" / "unet_fp32.tflite").read_bytes()
+
+
+def test_export_run_bad_arguments_name_the_argument(isbi_run, tmp_path):
+    from export import export_run
+
+    with pytest.raises(ValueError, match="run_dir .* or model_path"):
+        export_run()
+    with pytest.raises(ValueError, match=r"tolerances\['int8'\]: key 'max_box_error', expected one of max_abs_error"):
+        export_run(isbi_run, tmp_path, tolerances={"int8": {"max_box_error": 1.0}})
+    with pytest.raises(ValueError, match="^images: "):
+        export_run(model_path=isbi_run / "best.keras", output_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_webdemo_exports_its_models_without_the_cli(isbi_run, tmp_path, monkeypatch, capsys):
+    import kseg
+    from export import webdemo
+    from tests.import_graph import read_imports
+
+    found = [f"{i.path}:{i.line}" for i in read_imports() if i.module.split(".")[0] == "export"
+             and i.target.startswith("kseg.cli")]
+    assert found == [], "export/ imports kseg.cli"
+    monkeypatch.setitem(sys.modules, "kseg.cli", None)  # any import of kseg.cli now raises ImportError
+    monkeypatch.delattr(kseg, "cli", raising=False)
+    models = tmp_path / "models"
+    assert webdemo.main(["--out", str(models), "--run", str(isbi_run), "--name", "isbi"]) == 0, capsys.readouterr()
+    report = json.loads((models / "isbi" / "export_report.json").read_text())
+    assert list(report["variants"]) == list(tflite.VARIANTS) and report["passed"]
+    assert report["input"]["rgb_input"] and report["input"]["shape"] == [1, 64, 64, 3]  # phones feed RGB
+    index = json.loads((models / "index.json").read_text())
+    assert [e["file"] for e in index["models"]] == [f"isbi/isbi_{v}.tflite" for v in tflite.VARIANTS]
+    from kseg.data import find_pairs, split_pairs
+
+    held_out = split_pairs(find_pairs(*isbi_sample_dirs()), val_fraction=0.2, seed=0)[1][0][0]  # the run's split
+    sample = np.asarray(keras.utils.load_img(models / "sample.png"))
+    assert (sample == np.asarray(keras.utils.load_img(held_out, color_mode="rgb"))).all()
