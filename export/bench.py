@@ -30,10 +30,10 @@ from export import runtime
 from export.bench_report import format_report, write_outputs
 from export.edge_cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_runtime_flag, bad_input, check_counts, check_output_files
 from export.edge_cli import main as tool_main
-from export.frames import InputError, image_input, load_image, normalization, prepare_image
+from export.frames import InputError, default_image, image_input, load_image, normalization, prepare_image
 from export.measure import describe_machine, measure, profile_ops, row_keys
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "add_arguments", "default_image", "main", "run"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "add_arguments", "main", "run"]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -83,21 +83,11 @@ def run(args):
         plan = _plan(args)
     except (InputError, runtime.ModelFileError) as e:
         return bad_input(e)
-    results, profiles = [], []
-    for i, config in enumerate(plan["configs"]):
-        print(f"[{i + 1}/{len(plan['configs'])}] {config['model']} {config['label']} ...", file=sys.stderr, flush=True)
-        try:
-            results.append(runtime.in_subprocess(measure, config, timeout=args.timeout))
-        except Exception as e:  # a crash or error in the child: this row fails, the run goes on
-            results.append({**row_keys(config), "error": f"{type(e).__name__}: {e}"})
-            print(f"  failed: {str(e).splitlines()[0]}", file=sys.stderr)
-    for config in plan["profiles"]:
-        print(f"profile {config['model']} cpu x{config['threads']} ...", file=sys.stderr, flush=True)
-        try:
-            profiles.append(runtime.in_subprocess(profile_ops, config, timeout=args.timeout))
-        except Exception as e:
-            profiles.append({**row_keys(config), "error": f"{type(e).__name__}: {e}"})
-            print(f"  failed: {str(e).splitlines()[0]}", file=sys.stderr)
+    count = len(plan["configs"])
+    results = _in_children(measure, plan["configs"], args.timeout,
+                           lambda i, c: f"[{i + 1}/{count}] {c['model']} {c['label']}")
+    profiles = _in_children(profile_ops, plan["profiles"], args.timeout,
+                            lambda i, c: f"profile {c['model']} cpu x{c['threads']}")
     report = {"tool": "export.bench", "machine": describe_machine(), "settings": plan["settings"], "models": plan["models"],
               "results": results, "profiles": profiles}
     print(format_report(report))
@@ -110,14 +100,31 @@ def run(args):
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _in_children(fn, configs, timeout, title):
+    """`fn(config)` for each configuration, each in its own child process (`runtime.in_subprocess`).
+
+    Args:
+        fn: export.measure.measure or profile_ops.
+        configs: the configurations `_plan` listed.
+        timeout: seconds per configuration.
+        title: (index, config) -> the progress line printed on stderr first.
+
+    Returns:
+        One row per configuration: fn's result, or the row keys and an "error" when the child
+        raised or died (the run goes on).
+    """
+    rows = []
+    for i, config in enumerate(configs):
+        print(f"{title(i, config)} ...", file=sys.stderr, flush=True)
+        try:
+            rows.append(runtime.in_subprocess(fn, config, timeout=timeout))
+        except Exception as e:  # a crash or error in the child: this row fails, the run goes on
+            rows.append({**row_keys(config), "error": f"{type(e).__name__}: {e}"})
+            print(f"  failed: {str(e).splitlines()[0]}", file=sys.stderr)
+    return rows
+
+
 # ----------------------------------------------------------------------------- planning (parent)
-
-
-def default_image():
-    """The embedded ISBI 2012 sample image, found by path (importing kseg.data would load TensorFlow)."""
-    import kseg
-
-    return Path(kseg.__file__).resolve().parent / "data" / "samples" / "isbi2012" / "image" / "0.png"
 
 
 def _plan(args):

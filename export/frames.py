@@ -48,6 +48,13 @@ def load_image(path):
     return image
 
 
+def default_image():
+    """The path of the embedded ISBI 2012 sample image, found by path (importing kseg.data would load TensorFlow)."""
+    import kseg
+
+    return Path(kseg.__file__).resolve().parent / "data" / "samples" / "isbi2012" / "image" / "0.png"
+
+
 def normalization(metadata, channels=None):
     """(mean, std) from a model's metadata (runtime.read_metadata), or None: kseg models take raw pixels [0, 255].
 

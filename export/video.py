@@ -10,7 +10,6 @@ rgb24). The output appears atomically: frames go to a temporary file that is ren
 video is complete, so an error or Ctrl-C leaves no partial file and any previous output
 untouched. From a webcam, Ctrl-C ends the recording instead, and the video so far is kept.
 
-
 Frames are read and written by export.video_io; `write_y4m` and `open_writer` are importable
 from here too. Effects (export.frames.apply_effect; the web demo draws the same ones in the
 browser), with class 0 as the background: blur (the background blurred), replace (by a colour
@@ -39,6 +38,7 @@ from export.frames import (
     DEFAULT_BACKGROUND, EFFECTS, InputError, apply_effect, class_count, color_or_image, image_input, normalization,
     prepare_image, probabilities,
 )
+from export.measure import describe_machine, summarize
 from export.video_io import X264_CONTAINERS, ffmpeg_binary, is_webcam, open_video, open_writer, write_y4m
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "STAGES", "add_arguments", "format_summary",
@@ -195,7 +195,6 @@ def _process(plan, args):
     """Reads, segments, draws and writes every frame; returns the figures `format_summary` prints."""
     from PIL import Image
 
-    from export.measure import describe_machine, summarize
     from kseg.utils import ProgressBar, atomic_path
 
     reader, runner, detail, metadata = plan["reader"], plan["runner"], plan["detail"], plan["metadata"]

@@ -129,7 +129,7 @@ def test_quantized_model_end_to_end_in_process(models):
     detail, reason = frames.image_input(info)
     assert reason is None
     with runtime.Runner(models["int8"]) as runner:
-        picture, stages = frames.segment_file(runner, bench.default_image(), detail)
+        picture, stages = frames.segment_file(runner, frames.default_image(), detail)
     assert picture.dtype == np.uint8 and picture.shape == (256, 256, 3)
     assert stages["invoke"] > 0
 

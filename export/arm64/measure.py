@@ -44,10 +44,8 @@ def model_inputs(info, image=None, seed=0):
 
     detail, _ = frames.image_input(info)
     if detail is not None and len(info["inputs"]) == 1:
-        from export.bench import default_image
-
         norm = frames.normalization(info["metadata"], detail["shape"][3])
-        return [frames.prepare_image(frames.load_image(Path(image) if image else default_image()), detail, norm)]
+        return [frames.prepare_image(frames.load_image(Path(image) if image else frames.default_image()), detail, norm)]
     rng = np.random.default_rng(seed)
     return [rng.uniform(0, 1, d["shape"]).astype(d["dtype"]) if np.dtype(d["dtype"]).kind == "f"
             else np.zeros(d["shape"], d["dtype"]) for d in info["inputs"]]
