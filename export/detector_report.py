@@ -34,8 +34,7 @@ TOLERANCE_KEYS = ("max_box_error", "min_mask_iou", "min_panoptic_agreement", "ma
 
 def is_panoptic(model):
     """True for a PanopticFPN or MaskFormer (scored by PQ), False for a Mask R-CNN (mask AP)."""
-    from kseg.models.maskformer import MaskFormer
-    from kseg.models.panoptic_fpn import PanopticFPN
+    from kseg.models import MaskFormer, PanopticFPN
 
     return isinstance(model, (PanopticFPN, MaskFormer))
 

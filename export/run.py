@@ -155,8 +155,7 @@ def _export_semantic(run_dir, output_dir, model_path, *, image_size, images, mas
                      labels, ignore_class, head, rgb_input, num_images, num_calibration, tolerances, **options):
     """export_model on the run's data (or the given folders) at the run's (or given) size."""
     from export.report import TOLERANCE_KEYS, export_model, image_pairs, load_examples
-    from kseg.training import load_run
-    from kseg.training.trainer import split
+    from kseg.training import load_run, split
 
     spec = load_run(run_dir)["data"] if run_dir is not None else None
     check_tolerances(tolerances or {}, TOLERANCE_KEYS)

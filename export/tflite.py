@@ -269,8 +269,7 @@ def detector_model(model):
     A Mask R-CNN graph is `model`'s rebuilt with `roi_align_method="gather"` (builtin ops; it
     agrees with crop_and_resize) and the same weights.
     """
-    from kseg.models.mask_rcnn import MaskRCNN, TorchvisionMaskRCNN
-    from kseg.models.maskformer import MaskFormer
+    from kseg.models import MaskFormer, MaskRCNN, TorchvisionMaskRCNN
 
     if isinstance(model, (MaskRCNN, TorchvisionMaskRCNN)):
         twin = type(model).from_config({**model.get_config(), "roi_align_method": "gather"})

@@ -341,7 +341,7 @@ def add_instance_model(path, models_dir, name=None, labels=None):
     """`export_instance_model` of a saved .keras MaskRCNN; `labels` a list or "a,b,c"."""
     import keras
 
-    import kseg.models.mask_rcnn  # noqa: F401  (registers MaskRCNN for loading)
+    import kseg.models  # noqa: F401  (registers MaskRCNN for loading)
 
     path = Path(path)
     if not path.is_file():
@@ -385,7 +385,7 @@ def main(argv=None):
                 title = "ISBI U-Net (kseg demo)" if name == "isbi_unet" and not args.name else None
                 _, spec = add_run(run, out, name=name, title=title, background=args.background_class, gpu=args.gpu)
                 if not (out / SAMPLE).exists():
-                    from kseg.training.trainer import split
+                    from kseg.training import split
 
                     write_sample(split(spec)[1][0][0], out)
             for path in args.instance_model or []:

@@ -1,6 +1,9 @@
 """Detector export variants: fp32, fp16, dynamic range and int8 TFLite of Mask R-CNN, Panoptic FPN and
 MaskFormer through export_detector, builtin ops only, integer convolutions in int8, and the report's
-flag (and `kseg export`'s exit status) for a variant that misses its bound."""
+flag (and `kseg export`'s exit status) for a variant that misses its bound; `export_run` of an
+instance run folder writes what `kseg export` writes."""
+
+import json
 
 import numpy as np
 import pytest
@@ -108,3 +111,34 @@ def test_maskformer_exports_every_variant_with_builtin_ops(tmp_path):
     report = panoptic_report(model, tmp_path)
     check_variants(report)
     assert report["metric"] == "PQ"
+
+
+@pytest.mark.slow
+def test_export_run_of_an_instance_run_writes_what_kseg_export_writes(tmp_path):
+    from export import export_run
+    from export.run import ExportFailed
+    from kseg.cli import main
+    from tests.test_export import assert_same_export
+
+    run = tmp_path / "run"  # as kseg train --task instance --shapes 8 --image-size 64 leaves it
+    run.mkdir()
+    data = {"source": "shapes", "image_size": list(SIZE), "max_instances": 3, "shapes": 8}
+    (run / "run.json").write_text(json.dumps({"task": "instance", "data": data, "categories": SHAPE_CATEGORIES,
+                                              "model": {"name": "mask_rcnn"}}))
+    MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=SIZE, **SMALL_CONFIG).save(run / "best.keras")
+    with pytest.raises(ValueError, match="^images, head: not options of exporting an instance run"):
+        export_run(run, tmp_path / "refused", images=str(tmp_path), head="class_map")
+    # int8 boxes cannot agree with float ones to 1e-6 of the image size: the int8 variant is flagged.
+    assert main(["export", "--run", str(run), "--output", str(tmp_path / "cli"), "--variants", "fp32", "int8",
+                 "--num-calibration", "3", "--tolerance", "int8:max_box_error=1e-6", "--quiet"]) == 1
+    with pytest.raises(ExportFailed, match="int8") as failed:
+        export_run(run, tmp_path / "python", variants=("fp32", "int8"), num_calibration=3,
+                   tolerances={"int8": {"max_box_error": 1e-6}}, verbose=False)
+    assert_same_export(tmp_path / "cli", tmp_path / "python", exact=("fp32",))  # int8 calibration: last bits vary
+    report = failed.value.report
+    assert report == json.loads((tmp_path / "python" / "export_report.json").read_text())
+    # What export_run read from the run: its size, its 2 held-out images, 3 of its 6 training images.
+    assert report["task"] == "instance" and report["image_size"] == list(SIZE)
+    assert report["images"] == 2 and report["calibration_images"] == 3
+    assert report["variants"]["fp32"]["passed"] and not report["variants"]["int8"]["passed"]
+    assert not (tmp_path / "refused").exists()

@@ -5,7 +5,7 @@ from kseg.training.predict import predict_files, predict_logits
 from kseg.training.recalibrate import recalibrate_batch_norm
 from kseg.training.spec import DataSpec, load_run
 from kseg.training.strategy import STRATEGIES, get_strategy
-from kseg.training.trainer import LOSSES, SCHEDULES, build_loss, build_schedule, train
+from kseg.training.trainer import LOSSES, SCHEDULES, build_loss, build_schedule, split, train
 
 __all__ = [
     "recalibrate_batch_norm",
@@ -21,5 +21,6 @@ __all__ = [
     "load_run",
     "predict_files",
     "predict_logits",
+    "split",
     "train",
 ]
