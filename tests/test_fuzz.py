@@ -149,19 +149,14 @@ def test_a_y4m_header_asking_for_terabytes_is_a_truncated_frame(tmp_path):
     ('{"data": {"images": "a", "masks": "b", "num_classes": 3, "remap": {"x": 1}}}', "field remap"),
     ('{"task": "instance", "data": {"source": "shapes", "shapes": 10}, "categories": [3]}', "\"categories\" is '[3]'"),
     ('{"task": "panoptic", "data": {"source": "x"}, "categories": [{"id": 1, "name": "a"}]}',
-     "panoptic data source 'x'"),
+     "'x': panoptic data source, expected one of"),
 ], ids=["nested deep", "num_classes a string", "remap key not a number", "categories not dicts", "unknown source"])
 def test_run_json_errors_name_the_file(tmp_path, text, message):
-    from kseg import cli
-    from kseg.training import load_run
-    from kseg.training.instance import load_instance_run
-    from kseg.training.panoptic import load_panoptic_run
+    from kseg import tasks
 
     (tmp_path / "run.json").write_text(text)
-    loader = {"semantic": load_run, "instance": load_instance_run, "panoptic": load_panoptic_run}[
-        cli._run_task(tmp_path)]
     with pytest.raises(ValueError) as info:
-        loader(tmp_path)
+        tasks.load_run(tmp_path)
     assert str(tmp_path / "run.json") in str(info.value) and message in str(info.value)
 
 

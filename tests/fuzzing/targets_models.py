@@ -59,14 +59,12 @@ def _keras_case(rng, seeds, folder):
 
 
 def _parse_keras(case):
-    """kseg's semantic model loader (`kseg evaluate/predict/export --model`)."""
-    import argparse
-
+    """kseg's semantic model loader (`kseg evaluate/predict/export --model`: the semantic task's load_model)."""
     import keras
 
-    from kseg import cli
+    from kseg import tasks
 
-    model = cli._load_model(argparse.Namespace(model=case["path"]), case["run"])
+    model = tasks.get_task("semantic").load_model(case["run"], case["path"])
     assert isinstance(model, keras.Model), f"loaded a {type(model).__name__}"
 
 

@@ -45,26 +45,16 @@ def _run_case(rng, seeds, folder):
 
 
 def _parse_run(case):
-    """What `kseg evaluate` / `predict` / `export` do with a run folder: its task, then its loader."""
-    from kseg import cli
+    """What `kseg evaluate` / `predict` / `export` do with a run folder: kseg.tasks.load_run (its task, then
+    that task's loader)."""
+    from kseg import tasks
 
-    task = cli._run_task(case["run"])
-    if task == "instance":
-        from kseg.training.instance import load_instance_run
-
-        run = load_instance_run(case["run"])
-        _check_categories(run)
-    elif task == "panoptic":
-        from kseg.training.panoptic import load_panoptic_run
-
-        run = load_panoptic_run(case["run"])
-        _check_categories(run)
+    info = tasks.load_run(case["run"])
+    if info.task == "semantic":
+        _check_semantic(info.spec)
     else:
-        from kseg.training import load_run
-
-        spec = load_run(case["run"])["data"]
-        _check_semantic(spec)
-    return task
+        _check_categories(info.run_json)
+    return info.task
 
 
 def _is_int(value, low):
@@ -173,8 +163,8 @@ def _parse_launch(case):
 
 
 TARGETS = {
-    "run_json": Target("run_json", "run.json of semantic, instance and panoptic runs: the CLI's task lookup and "
-                       "load_run / load_instance_run / load_panoptic_run", _run_seeds, _run_case, _parse_run,
+    "run_json": Target("run_json", "run.json of semantic, instance and panoptic runs: kseg.tasks.load_run (the "
+                       "task lookup, then the task's loader)", _run_seeds, _run_case, _parse_run,
                        errors=(ValueError, FileNotFoundError)),
     "tf_config": Target("tf_config", "kseg.training.strategy.check_tf_config on mutated TF_CONFIG, then TF's "
                         "resolver and kseg's worker index", _cluster_seeds, _cluster_case, _parse_cluster),
