@@ -91,28 +91,9 @@ def load_examples(pairs, *, image_size, channels, remap=None, limit=None):
     }
 
 
-def export_model(
-    model,
-    output_dir,
-    *,
-    examples,
-    calibration=None,
-    variants=tflite.VARIANTS,
-    image_size=None,
-    input_type="uint8",
-    output="logits",
-    rgb_input=False,
-    int8_io="uint8",
-    labels=None,
-    ignore_class=None,
-    name=None,
-    version="1",
-    metadata=True,
-    gpu=True,
-    allow_flex=False,
-    tolerances=None,
-    verbose=True,
-):
+def export_model(model, output_dir, *, examples, calibration=None, variants=tflite.VARIANTS, image_size=None,
+                 input_type="uint8", output="logits", rgb_input=False, int8_io="uint8", labels=None, ignore_class=None,
+                 name=None, version="1", metadata=True, gpu=True, allow_flex=False, tolerances=None, verbose=True):
     """Exports `model` to the requested TFLite variants and checks each one.
 
     Args:

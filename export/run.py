@@ -90,10 +90,10 @@ def export_run(run_dir=None, output_dir=None, *, variants=VARIANTS, model_path=N
     from kseg.utils.run_lock import lock_if_inside
 
     if run_dir is None and model_path is None:
-        raise ValueError("export_run needs run_dir (a folder written by kseg train) or model_path (a .keras file); "
-                         "got neither")
+        raise ValueError("`run_dir` or `model_path`: expected a run folder written by kseg train or a .keras model "
+                         "file; got neither")
     if isinstance(labels, str):
-        raise ValueError(f"labels {labels!r}: expected a list of class names")
+        raise ValueError(f"`labels` {labels!r}: expected a list of class names")
     task = _run_task(run_dir) if run_dir is not None else "semantic"
     output_dir = output_dir or default_output_dir(run_dir)
     options = dict(image_size=image_size, images=images, masks=masks, calibration=calibration, channels=channels,
@@ -106,7 +106,7 @@ def export_run(run_dir=None, output_dir=None, *, variants=VARIANTS, model_path=N
                 metadata=metadata, gpu=gpu, name=name, version=version, tolerances=tolerances, verbose=verbose,
                 **options)
         else:
-            given = [key for key, default in SEMANTIC_ONLY.items() if options[key] != default]
+            given = [f"`{key}`" for key, default in SEMANTIC_ONLY.items() if options[key] != default]
             if given:
                 raise ValueError(f"{', '.join(given)}: not options of exporting an {task} run (it exports the "
                                  "detector at the run's size, calibrates int8 on the run's training images and "
@@ -130,18 +130,18 @@ def markdown(report):
 def check_tolerances(tolerances, keys):
     """Raises a ValueError naming `tolerances` unless it is {variant: {key in `keys`: number}}."""
     if not isinstance(tolerances, dict):
-        raise ValueError(f"tolerances {tolerances!r}: expected {{variant: {{key: number}}}}, e.g. "
+        raise ValueError(f"`tolerances` {tolerances!r}: expected {{variant: {{key: number}}}}, e.g. "
                          "{'int8': {'min_agreement': 0.97}}")
     for variant, row in tolerances.items():
         if variant not in VARIANTS:
-            raise ValueError(f"tolerances: variant {variant!r}, expected one of {', '.join(VARIANTS)}")
+            raise ValueError(f"`tolerances`: variant {variant!r}, expected one of {', '.join(VARIANTS)}")
         if not isinstance(row, dict):
-            raise ValueError(f"tolerances[{variant!r}] {row!r}: expected {{key: number}}")
+            raise ValueError(f"`tolerances`[{variant!r}] {row!r}: expected {{key: number}}")
         for key, value in row.items():
             if key not in keys:
-                raise ValueError(f"tolerances[{variant!r}]: key {key!r}, expected one of {', '.join(keys)}")
+                raise ValueError(f"`tolerances`[{variant!r}]: key {key!r}, expected one of {', '.join(keys)}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"tolerances[{variant!r}][{key!r}] {value!r}: expected a number")
+                raise ValueError(f"`tolerances`[{variant!r}][{key!r}] {value!r}: expected a number")
 
 
 def _run_task(run_dir):
@@ -167,8 +167,8 @@ def _export_semantic(run_dir, output_dir, model_path, *, image_size, images, mas
     elif spec:
         _, pairs = split(spec)
     else:
-        raise ValueError("images: exporting model_path without run_dir needs real images to check the export on "
-                         "(a folder; add masks for mIoU)")
+        raise ValueError("`images`: exporting `model_path` without `run_dir` needs real images to check the export "
+                         "on (a folder; add `masks` for mIoU)")
     if calibration:
         calibration_pairs = image_pairs(calibration)
     else:
@@ -176,7 +176,7 @@ def _export_semantic(run_dir, output_dir, model_path, *, image_size, images, mas
     if image_size is None:
         shape = model.input.shape
         if shape[1] is None or shape[2] is None:
-            raise ValueError(f"image_size: the model's input {tuple(shape)} has a dynamic size; give image_size (H, W)")
+            raise ValueError(f"`image_size`: the model's input {tuple(shape)} has a dynamic size; expected (H, W)")
         image_size = (shape[1], shape[2])
     remap = remap if remap is not None else (spec.remap if spec else None)
     # With rgb_input the exported graph takes RGB frames, so it is checked on RGB images.

@@ -274,11 +274,11 @@ def test_export_run_from_python_writes_what_kseg_export_writes(isbi_run, tmp_pat
 def test_export_run_bad_arguments_name_the_argument(isbi_run, tmp_path):
     from export import export_run
 
-    with pytest.raises(ValueError, match="run_dir .* or model_path"):
+    with pytest.raises(ValueError, match="`run_dir` or `model_path`"):
         export_run()
-    with pytest.raises(ValueError, match=r"tolerances\['int8'\]: key 'max_box_error', expected one of max_abs_error"):
+    with pytest.raises(ValueError, match=r"`tolerances`\['int8'\]: key 'max_box_error', expected one of max_abs_error"):
         export_run(isbi_run, tmp_path, tolerances={"int8": {"max_box_error": 1.0}})
-    with pytest.raises(ValueError, match="^images: "):
+    with pytest.raises(ValueError, match="^`images`: "):
         export_run(model_path=isbi_run / "best.keras", output_dir=tmp_path)
     assert not any(tmp_path.iterdir())
 

@@ -126,7 +126,7 @@ def test_export_run_of_an_instance_run_writes_what_kseg_export_writes(tmp_path):
     (run / "run.json").write_text(json.dumps({"task": "instance", "data": data, "categories": SHAPE_CATEGORIES,
                                               "model": {"name": "mask_rcnn"}}))
     MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=SIZE, **SMALL_CONFIG).save(run / "best.keras")
-    with pytest.raises(ValueError, match="^images, head: not options of exporting an instance run"):
+    with pytest.raises(ValueError, match="^`images`, `head`: not options of exporting an instance run"):
         export_run(run, tmp_path / "refused", images=str(tmp_path), head="class_map")
     # int8 boxes cannot agree with float ones to 1e-6 of the image size: the int8 variant is flagged.
     assert main(["export", "--run", str(run), "--output", str(tmp_path / "cli"), "--variants", "fp32", "int8",
