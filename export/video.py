@@ -11,7 +11,7 @@ video is complete, so an error or Ctrl-C leaves no partial file and any previous
 untouched. From a webcam, Ctrl-C ends the recording instead, and the video so far is kept.
 
 Frames are read and written by export.video_io; `write_y4m` and `open_writer` are importable
-from here too. Effects (export.frames.apply_effect; the web demo draws the same ones in the
+from here too. Effects (export.effects.apply_effect; the web demo draws the same ones in the
 browser), with class 0 as the background: blur (the background blurred), replace (by a colour
 or an image), classes (class colours over the frame), outlines (each region's outline and label).
 
@@ -34,10 +34,8 @@ from export.edge_cli import (
     check_output_files,
 )
 from export.edge_cli import main as tool_main
-from export.frames import (
-    DEFAULT_BACKGROUND, EFFECTS, InputError, apply_effect, class_count, color_or_image, image_input, normalization,
-    prepare_image, probabilities,
-)
+from export.effects import DEFAULT_BACKGROUND, EFFECTS, apply_effect, color_or_image
+from export.frames import InputError, class_count, image_input, normalization, prepare_image, probabilities
 from export.measure import describe_machine, summarize
 from export.video_io import X264_CONTAINERS, ffmpeg_binary, is_webcam, open_video, open_writer, write_y4m
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from export import frames, runtime, video, video_io
+from export import effects, frames, runtime, video, video_io
 from kseg.viz import overlay, palette
 from tests.test_bench import tensorflow_blocked
 from tests.test_runtime import tiny_models
@@ -95,7 +95,7 @@ def _interior(mask, margin=3):
 
 
 def test_docstring_examples_run():
-    for module in (frames, video_io):
+    for module in (frames, effects, video_io):
         failures, attempted = doctest.testmod(module)
         assert failures == 0 and attempted > 0, module.__name__
 
@@ -224,7 +224,7 @@ def test_probabilities_of_one_channel_and_quantized_outputs():
 def test_replace_keeps_the_foreground_and_paints_the_background(models, tmp_path):
     frame = _frame()
     classes, scores, _ = _runner_classes(models["logits2"], frame)
-    out = frames.apply_effect(frame, scores, "replace", background=(255, 0, 255))
+    out = effects.apply_effect(frame, scores, "replace", background=(255, 0, 255))
     foreground, background = _interior(classes == 1, 2), _interior(classes == 0, 2)
     assert foreground.sum() > 1000 and background.sum() > 1000
     np.testing.assert_array_equal(out[foreground], frame[foreground])
@@ -232,7 +232,7 @@ def test_replace_keeps_the_foreground_and_paints_the_background(models, tmp_path
     edge = ~foreground & ~background  # soft: between the frame and the colour
     assert ((out[edge] >= np.minimum(frame[edge], (255, 0, 255))) & (out[edge] <= np.maximum(frame[edge], (255, 0, 255)))).all()
     picture = np.random.default_rng(1).integers(0, 255, (32, 48, 3)).astype(np.uint8)  # resized to the frame
-    out = frames.apply_effect(frame, scores, "replace", background=picture)
+    out = effects.apply_effect(frame, scores, "replace", background=picture)
     assert (out[background] == np.asarray(Image.fromarray(picture).resize((96, 64), Image.BILINEAR))[background]).all()
 
 
@@ -240,12 +240,12 @@ def test_blur_blends_a_sharp_foreground_over_a_blurred_background(models):
     frame = _frame()
     blurred = np.asarray(Image.fromarray(frame).filter(ImageFilter.GaussianBlur(3)))
     everything = np.zeros((32, 48, 2), np.float32)
-    np.testing.assert_array_equal(frames.apply_effect(frame, everything + [0, 1], "blur", blur_radius=3), frame)
-    np.testing.assert_array_equal(frames.apply_effect(frame, everything + [1, 0], "blur", blur_radius=3), blurred)
-    half = frames.apply_effect(frame, everything + 0.5, "blur", blur_radius=3).astype(int)
+    np.testing.assert_array_equal(effects.apply_effect(frame, everything + [0, 1], "blur", blur_radius=3), frame)
+    np.testing.assert_array_equal(effects.apply_effect(frame, everything + [1, 0], "blur", blur_radius=3), blurred)
+    half = effects.apply_effect(frame, everything + 0.5, "blur", blur_radius=3).astype(int)
     assert np.abs(half - (frame.astype(int) + blurred) / 2).max() <= 0.5 + 1e-6
     classes, scores, _ = _runner_classes(models["logits2"], frame)
-    out = frames.apply_effect(frame, scores, "blur", blur_radius=3)
+    out = effects.apply_effect(frame, scores, "blur", blur_radius=3)
     foreground, background = _interior(classes == 1), _interior(classes == 0)
     np.testing.assert_array_equal(out[foreground], frame[foreground])
     np.testing.assert_array_equal(out[background], blurred[background])
@@ -255,14 +255,14 @@ def test_classes_is_kseg_viz_overlay_of_the_model_class_map(models):
     frame = np.asarray(Image.fromarray(_frame()).resize((128, 128)))
     classes, scores, _ = _runner_classes(models["int8"], frame)
     expected = overlay(frame, classes, palette(3), alpha=0.5)
-    np.testing.assert_array_equal(frames.apply_effect(frame, scores, "classes"), expected)
-    np.testing.assert_array_equal(frames.apply_effect(frame, scores.argmax(-1), "classes"), expected)
+    np.testing.assert_array_equal(effects.apply_effect(frame, scores, "classes"), expected)
+    np.testing.assert_array_equal(effects.apply_effect(frame, scores.argmax(-1), "classes"), expected)
 
 
 def test_outlines_draw_only_on_region_borders_and_skip_small_regions(models):
     frame = _frame()
     classes, scores, _ = _runner_classes(models["logits"], frame)
-    out = frames.apply_effect(frame, scores, "outlines", labels=["background", "red", "green"], thickness=1,
+    out = effects.apply_effect(frame, scores, "outlines", labels=["background", "red", "green"], thickness=1,
                               min_area=40)
     changed = (out != frame).any(-1)
     regions, count = ndimage.label(classes > 0)
@@ -284,6 +284,25 @@ def test_outlines_draw_only_on_region_borders_and_skip_small_regions(models):
     borders = (ndimage.maximum_filter(classes, 3) != classes) | (ndimage.minimum_filter(classes, 3) != classes)
     assert not (changed & ~borders & ~boxes).any()
     assert (changed & ~borders).sum() > 20  # the labels are there
+
+
+def test_regions_and_square_filters_equal_scipy_ndimage():
+    """The outlines effect finds regions and borders with numpy alone (the edge install has no scipy)."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        h, w = rng.integers(1, 30, 2)
+        mask = rng.uniform(size=(h, w)) < rng.uniform(0.0, 1.0)
+        ids, count = effects.label_regions(mask)
+        expected, expected_count = ndimage.label(mask)  # 4-connected, numbered in raster order
+        assert count == expected_count and np.array_equal(ids, expected), trial
+        values, radius = rng.integers(0, 5, (h, w)), int(rng.integers(0, 4))
+        for reduce, reference in ((np.maximum, ndimage.maximum_filter), (np.minimum, ndimage.minimum_filter)):
+            np.testing.assert_array_equal(effects.square_filter(values, radius, reduce),
+                                          reference(values, 2 * radius + 1, mode="nearest"))
+    snake = np.zeros((40, 30), bool)  # one region that winds back and forth: the slowest case for merging
+    snake[::2] = True
+    snake[1::4, -1] = snake[3::4, 0] = True
+    assert effects.label_regions(snake)[1] == 1
 
 
 # ----------------------------------------------------------------------------- command line
