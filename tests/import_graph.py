@@ -8,8 +8,9 @@ functions, and prints one line per package: its layer and what it imports. Then 
 - the edges that run back up (a package importing one from a higher layer), with file:line;
 - the forbidden imports (`forbidden_imports`): kseg/ importing `export` or `kseg.cli` (only
   kseg/cli.py and kseg/launch.py may), export/ importing a private `_name` of kseg;
-- the edge modules (`EDGE_MODULES`) that reach TensorFlow or Keras, following imports through
-  kseg and export (also inside functions), with the chain.
+- the edge modules (`EDGE_MODULES`) that reach TensorFlow or Keras, or any package beyond the edge
+  install's (`EDGE_PACKAGES`), following imports through kseg and export (also inside functions),
+  with the chain.
 
 It exits 1 when any of these lists is non-empty. tests/test_imports.py runs the same checks.
 
@@ -40,11 +41,13 @@ LAYERS = {
     "kseg.tasks": 7,
     "export": 8,
     "kseg.cli": 9,
+    "kseg.cli_args": 9,  # the parser of kseg.cli
     "kseg.launch": 9,
 }
 COMPOSITION_ROOTS = ("kseg.cli", "kseg.launch")
 EDGE_MODULES = ("runtime", "metadata", "video", "bench", "frames")  # export/<name>*.py or export/<name>*/
 TENSORFLOW = ("tensorflow", "keras", "tf_keras")
+EDGE_PACKAGES = ("numpy", "PIL", "ai_edge_litert", "flatbuffers")  # setup.cfg install_requires, as imported
 
 
 @dataclass(frozen=True)
@@ -223,8 +226,9 @@ def edge_modules(root=ROOT):
                   and m.split(".")[1].startswith(EDGE_MODULES))
 
 
-def tensorflow_chains(root=ROOT, imports=None):
-    """For each edge module that reaches TensorFlow or Keras: {module: [module, ..., "tensorflow"]}.
+def _reached(root, imports, is_target):
+    """{(edge module, package): chain} for every third-party package `is_target` accepts that an edge
+    module reaches, with the shortest chain [edge module, ..., package].
 
     Follows every import through kseg/ and export/ (inside functions too) and the `__init__` of each
     package on the way (importing kseg.data.folder runs kseg/data/__init__.py).
@@ -239,7 +243,7 @@ def tensorflow_chains(root=ROOT, imports=None):
         out = set()
         for target in direct.get(module, ()):
             parts = target.split(".")
-            if parts[0] in TENSORFLOW:
+            if parts[0] not in ("kseg", "export"):
                 out.add(parts[0])
             for i in range(1, len(parts) + 1):
                 if ".".join(parts[:i]) in files:
@@ -253,17 +257,37 @@ def tensorflow_chains(root=ROOT, imports=None):
         parent, queue = {start: None}, [start]
         while queue:
             module = queue.pop(0)
-            if module in TENSORFLOW:
-                chain = [module]
-                while parent[chain[-1]] is not None:
-                    chain.append(parent[chain[-1]])
-                chains[start] = chain[::-1]
-                break
+            if module not in files:  # a third-party or standard module: not followed further
+                if is_target(module):
+                    chain = [module]
+                    while parent[chain[-1]] is not None:
+                        chain.append(parent[chain[-1]])
+                    chains[start, module] = chain[::-1]
+                continue
             for nxt in sorted(neighbours(module)):
                 if nxt not in parent:
                     parent[nxt] = module
                     queue.append(nxt)
     return chains
+
+
+def tensorflow_chains(root=ROOT, imports=None):
+    """For each edge module that reaches TensorFlow or Keras: {module: [module, ..., "tensorflow"]}."""
+    chains = {}
+    for (start, _), chain in sorted(_reached(root, imports, lambda m: m in TENSORFLOW).items()):
+        chains.setdefault(start, chain)
+    return chains
+
+
+def foreign_chains(root=ROOT, imports=None):
+    """The third-party packages that edge modules reach beyond `EDGE_PACKAGES`: {(module, package): chain}.
+
+    The edge install (`pip install kseg`) has only those packages and the standard library.
+    """
+    def foreign(module):
+        return module not in sys.stdlib_module_names and module not in EDGE_PACKAGES
+
+    return _reached(root, imports, foreign)
 
 
 def main(argv):
@@ -285,6 +309,8 @@ def main(argv):
         ("forbidden imports", [(f"{i.path}:{i.line}", why) for i, why in forbidden_imports(imports, root)]),
         ("edge modules reaching TensorFlow/Keras", [(m, " -> ".join(chain))
                                                    for m, chain in tensorflow_chains(root, imports).items()]),
+        ("edge modules reaching packages the edge install lacks",
+         [(m, " -> ".join(chain)) for (m, _), chain in sorted(foreign_chains(root, imports).items())]),
     ]
     for title, rows in sections:
         print(f"{title}: {len(rows) or 'none'}")

@@ -15,6 +15,7 @@ from tests.import_graph import (
     TENSORFLOW,
     edge_modules,
     forbidden_imports,
+    foreign_chains,
     main,
     read_imports,
     tensorflow_chains,
@@ -47,6 +48,11 @@ def test_edge_modules_reach_no_tensorflow_even_inside_functions():
     assert tensorflow_chains() == {}
 
 
+def test_edge_modules_reach_only_the_packages_of_the_edge_install():
+    found = foreign_chains()
+    assert not found, "\n".join(" -> ".join(chain) for chain in found.values())
+
+
 def test_edge_modules_import_without_tensorflow():
     modules = edge_modules()
     code = (f"import sys\nimport {', '.join(modules)}\n"
@@ -74,7 +80,8 @@ def test_checks_find_each_forbidden_import(tmp_path, capsys):
         "kseg/data/__init__.py": "",
         "kseg/data/folder.py": "def read():\n    from export import bench\n    import kseg.cli\n",
         "export/__init__.py": "",
-        "export/runtime.py": "import numpy\n",
+        "export/runtime.py": "import json\nimport numpy\nfrom PIL import Image\n",
+        "export/metadata.py": "def read():\n    from scipy import ndimage\n",
         "export/bench.py": "from kseg.utils import _hidden\n",
         "export/video.py": "import kseg.utils as u\n\ndef f():\n    return u._hidden()\n",
         "export/frames.py": "def draw():\n    from kseg.ops import boxes\n",
@@ -95,6 +102,10 @@ def test_checks_find_each_forbidden_import(tmp_path, capsys):
     ]
     assert tensorflow_chains(tmp_path, imports) == {
         "export.frames": ["export.frames", "kseg.ops.boxes", "kseg.models.heavy", "keras"],
+    }
+    assert foreign_chains(tmp_path, imports) == {
+        ("export.frames", "keras"): ["export.frames", "kseg.ops.boxes", "kseg.models.heavy", "keras"],
+        ("export.metadata", "scipy"): ["export.metadata", "scipy"],
     }
     assert main([str(tmp_path)]) == 1
     assert "edges running back up: 3" in capsys.readouterr().out
