@@ -30,7 +30,15 @@ def _table(rows, columns):
 
 
 def format_report(report):
-    """The human-readable summary printed on stdout."""
+    """The human-readable summary printed on stdout.
+
+    Args:
+        report: the benchmark's report dict: models (export.runtime.describe plus name),
+            results (export.measure.measure rows) and profiles (profile_ops rows).
+
+    Returns:
+        The text: one line per model, the latency table, then each per-op profile.
+    """
     out = []
     for m in report["models"]:
         (inp,) = m["inputs"][:1] or [None]
@@ -83,7 +91,14 @@ def _ranges(indices):
 
 
 def csv_rows(report):
-    """One flat dict per configuration (the CSV's rows)."""
+    """One flat dict per configuration, keyed by `CSV_FIELDS` (the CSV's rows).
+
+    Args:
+        report: the benchmark's report dict (see `format_report`).
+
+    Returns:
+        list of dicts, in the order of report["results"].
+    """
     rows = []
     for r in report["results"]:
         i, e = r.get("invoke") or {}, r.get("end_to_end") or {}

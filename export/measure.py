@@ -56,7 +56,14 @@ def _time_loop(fn, runs=None, budget=None, min_runs=1):
 
 
 def summarize(seconds):
-    """Latency statistics in ms (std is the sample standard deviation) and FPS from the mean."""
+    """Latency statistics in ms (std is the sample standard deviation) and FPS from the mean.
+
+    Args:
+        seconds: the duration of each run, in seconds (at least one).
+
+    Returns:
+        {"runs", "mean_ms", "std_ms", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "fps"}.
+    """
     ms = np.asarray(seconds, dtype=np.float64) * 1000.0
     mean = float(ms.mean())
     return {"runs": int(ms.size), "mean_ms": mean, "std_ms": float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
@@ -70,7 +77,18 @@ def row_keys(config):
 
 
 def measure(config):
-    """One configuration, in a child process: init, first run, invoke-only and end-to-end timing, memory."""
+    """One configuration, in a child process: init, first run, invoke-only and end-to-end timing, memory.
+
+    Args:
+        config: one of export.bench's configurations: path, backend ("cpu" or "gpu"), runtime,
+            threads, cores, warmup, runs or budget, arrays (the invoke-only inputs), e2e_runs,
+            e2e_skipped, image, activation, normalization, and the row keys (`row_keys`).
+
+    Returns:
+        The result row: the row keys, fully_accelerated, init_ms, environment_ms,
+        first_inference_ms, invoke (`summarize`), end_to_end (`summarize` plus stages_ms, or
+        None), RSS figures in MB and error None.
+    """
     _pin(config["cores"])
     if config["backend"] == "gpu":
         runtime.enable_gpu_emulation()
@@ -120,6 +138,14 @@ def profile_ops(config):
     in a real run of the whole model; its median invoke time, less the invoke overhead of
     an empty model, is its cost. The sum over ops differs from the whole model's latency:
     XNNPACK fuses and schedules ops together, and caches stay warm across ops.
+
+    Args:
+        config: a CPU configuration of export.bench (path, threads, cores, arrays, row keys).
+
+    Returns:
+        The profile row: the row keys, sum_ms, whole_model_ms, invoke_overhead_ms,
+        sum_over_whole, by_type {op: {"ms", "count", "share"}}, ops (one entry per timed
+        operator), skipped (operators that cannot run alone, with the reason) and a note.
     """
     from ai_edge_litert.interpreter import Interpreter
 

@@ -198,7 +198,15 @@ def write_y4m(path, frames, fps=10):
     """Writes uint8 RGB frames [H, W, 3] (all one size, even H and W) to `path` as Y4M, atomically.
 
     Limited-range BT.601 4:2:0 with the colour-space tag `C420mpeg2`, the layout Chromium's
-    fake camera needs. Returns the number of frames written.
+    fake camera needs.
+
+    Args:
+        path: the output file.
+        frames: an iterable of uint8 [H, W, 3] RGB frames.
+        fps: frames per second (a number or a Fraction).
+
+    Returns:
+        The number of frames written.
 
     Example:
         >>> import tempfile
@@ -368,6 +376,15 @@ def open_video(source):
 
     Iterate it once for uint8 RGB frames [H, W, 3]. Attributes: width, height, fps (Fraction),
     frames (the count, or None when unknown), live (True for a webcam), name.
+
+    Args:
+        source: a video file, or a webcam: "0", "1", ... or "/dev/videoN".
+
+    Returns:
+        A Y4MReader or an FFmpegReader (close it, or use it in a `with` block).
+
+    Raises:
+        InputError: the file is missing or unreadable, or ffmpeg is not installed.
     """
     if is_webcam(source):
         return FFmpegReader(source)
@@ -380,6 +397,15 @@ def open_writer(path, width, height, fps=10, name=None):
 
     It writes `path` itself: wrap it in kseg.utils.atomic_path for an atomic output, and give
     the final file's `name` for ffmpeg's error messages.
+
+    Args:
+        path: the file to write; its extension picks the format.
+        width, height: the frames' size (even for 4:2:0 output).
+        fps: frames per second.
+        name: what error messages call the file (default: `path`).
+
+    Returns:
+        A Y4MWriter or an FFmpegWriter: `write(frame)` each uint8 [H, W, 3] frame, then close it.
     """
     if Path(path).suffix.lower() == ".y4m":
         return Y4MWriter(path, width, height, fps)
