@@ -623,7 +623,7 @@ TRAIN_CASES = {
         "`filters` must be a positive int", "-1"])),
     "zero classes": ("labels", _train_case(_no_change, ["--num-classes", 0], ["num_classes=0", "expected an int >= 1"])),
     "class names of another count": ("labels", _train_case(_no_change, ["--class-names", "a,b,c"], [
-        "`class_names` has 3 names", "num_classes = 2"])),
+        "--class-names has 3 names", "num_classes = 2"])),
     "val fraction 1.5": ("absurd sizes", _train_case(_no_change, ["--val-fraction", 1.5], [
         "val_fraction=1.5", "expected a number in [0, 1)"])),
     "batch size 0": ("absurd sizes", _train_case(_no_change, ["--batch-size", 0], [

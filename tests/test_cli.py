@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kseg import cli
+from kseg import cli, cli_args
 from tests.test_training import write_blob_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,11 +56,11 @@ def test_bad_input_gives_a_named_error_and_exit_code_2(tmp_path, capsys):
 
 
 def test_argument_parsing():
-    assert cli._size("256") == (256, 256) and cli._size("240x320") == (240, 320)
-    assert cli._remap("0:0,255:1") == {0: 0, 255: 1}
-    assert cli._setting("filters=32") == ("filters", 32)
-    assert cli._setting("attention=true") == ("attention", True)
-    assert cli._setting("upsampling=bilinear") == ("upsampling", "bilinear")
+    assert cli_args.parse_size("256") == (256, 256) and cli_args.parse_size("240x320") == (240, 320)
+    assert cli_args.parse_remap("0:0,255:1") == {0: 0, 255: 1}
+    assert cli_args.parse_setting("filters=32") == ("filters", 32)
+    assert cli_args.parse_setting("attention=true") == ("attention", True)
+    assert cli_args.parse_setting("upsampling=bilinear") == ("upsampling", "bilinear")
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--images", "a", "--masks", "b", "--num-classes", "2",
                                        "--image-size", "abc"])

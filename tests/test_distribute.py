@@ -108,7 +108,7 @@ def test_batch_must_split_over_the_replicas_and_launch_checks_its_command():
         num_replicas_in_sync = 2
 
     assert check_global_batch(Two(), 8) == 4
-    with pytest.raises(ValueError, match=r"--batch-size 3 is the global batch; expected a multiple of the 2"):
+    with pytest.raises(ValueError, match=r"`batch_size` 3 is the global batch; expected a multiple of the 2"):
         check_global_batch(Two(), 3)
     assert scaled_learning_rate(1e-3, 16, 8) == pytest.approx(2e-3)
     assert scaled_learning_rate(1e-3, 16) == 1e-3

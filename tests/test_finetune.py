@@ -60,23 +60,23 @@ def test_other_classes_leave_only_the_classifier_and_other_size_is_said(tmp_path
 def test_mismatches_are_named(tmp_path):
     unet = saved(UNet(num_classes=2, input_shape=(32, 32, 1), depth=2, filters=4), tmp_path, "unet.keras")
     semantic = task_families("semantic")
-    with pytest.raises(ValueError, match=r"--init .*unet.keras: holds a UNet; this task trains MaskRCNN"):
+    with pytest.raises(ValueError, match=r"`init` .*unet.keras: holds a UNet; this task trains MaskRCNN"):
         init_model(unet, num_classes=2, size=(64, 64), families=task_families("mask_rcnn"))
-    with pytest.raises(ValueError, match=r"takes 1 input channel\(s\), the run 3 \(--channels\)"):
+    with pytest.raises(ValueError, match=r"takes 1 input channel\(s\), the run 3 \(`channels`\)"):
         init_model(unet, num_classes=2, size=(32, 32, 3), families=semantic)
-    with pytest.raises(ValueError, match=r"--model segformer_b0 asks for a SegFormer with variant='b0' but the file "
+    with pytest.raises(ValueError, match=r"`model` segformer_b0 asks for a SegFormer with variant='b0' but the file "
                                          r"holds a UNet"):
         init_model(unet, num_classes=2, size=(32, 32, 1), families=semantic, expected=model_expectation("segformer_b0"))
     segformer = saved(SegFormer(num_classes=3, input_shape=(64, 64, 3), **SEGFORMER), tmp_path, "segformer.keras")
     with pytest.raises(ValueError, match=r"variant: file None, run 'b0'"):
         init_model(segformer, num_classes=3, size=(64, 64, 3), families=semantic,
                    expected=model_expectation("segformer_b0"))
-    with pytest.raises(ValueError, match=r"--set no_such: not arguments of the SegFormer"):
+    with pytest.raises(ValueError, match=r"`model_kwargs` no_such: not arguments of the SegFormer"):
         init_model(segformer, num_classes=3, size=(64, 64, 3), families=semantic, overrides={"no_such": 1})
-    with pytest.raises(FileNotFoundError, match=r"--init .*missing.keras: file not found"):
+    with pytest.raises(FileNotFoundError, match=r"`init` .*missing.keras: file not found"):
         init_model(tmp_path / "missing.keras", num_classes=3, size=(64, 64, 3), families=semantic)
     (tmp_path / "broken.keras").write_text("not a zip")
-    with pytest.raises(ValueError, match=r"--init .*broken.keras: cannot load it"):
+    with pytest.raises(ValueError, match=r"`init` .*broken.keras: cannot load it"):
         init_model(tmp_path / "broken.keras", num_classes=3, size=(64, 64, 3), families=semantic)
 
 

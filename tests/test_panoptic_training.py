@@ -160,9 +160,9 @@ def test_panoptic_overlay_colours_outlines_and_checks_ids():
 
 
 def test_data_spec_rejects_mixed_and_partial_sources():
-    with pytest.raises(ValueError, match="--panoptic-pngs and --images"):
+    with pytest.raises(ValueError, match="`panoptic_pngs` and `images`"):
         PanopticDataSpec(source="coco_panoptic", panoptic_json="a.json")
-    with pytest.raises(ValueError, match="--shapes makes its own images"):
+    with pytest.raises(ValueError, match="`shapes` makes its own images"):
         PanopticDataSpec(source="shapes", shapes=10, images="x")
     with pytest.raises(ValueError, match="divisible by 32"):
         PanopticDataSpec(source="shapes", shapes=10, image_size=(100, 100))

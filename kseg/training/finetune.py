@@ -29,7 +29,7 @@ _SIZE_KEYS = ("input_shape", "image_size")
 _SHOW = 8
 
 
-def load_init_model(path, argument="--init"):
+def load_init_model(path, argument="`init`"):
     """The model of a .keras file, loaded as kseg saves them (safe mode, kseg classes registered).
 
     Raises:
@@ -52,7 +52,7 @@ def load_init_model(path, argument="--init"):
                          "written by kseg") from None
 
 
-def init_model(path, *, num_classes, size, families, expected=None, overrides=None, argument="--init"):
+def init_model(path, *, num_classes, size, families, expected=None, overrides=None, argument="`init`"):
     """A model with the architecture and weights of `path`, for `num_classes` and `size`.
 
     Args:
@@ -62,16 +62,16 @@ def init_model(path, *, num_classes, size, families, expected=None, overrides=No
             entries (a semantic run at file sizes) keep the file's.
         families: classes the task trains; the file's model must be an instance of one.
         expected: None, or (flag text, class, {config key: value}) that the run's flags ask
-            for (e.g. ("--model segformer_b0", SegFormer, {"variant": "b0"})).
-        overrides: constructor arguments set on top of the file's (--set).
-        argument: the flag, for messages.
+            for (e.g. ("`model` segformer_b0", SegFormer, {"variant": "b0"})).
+        overrides: constructor arguments set on top of the file's (`model_kwargs`).
+        argument: the argument, for messages.
 
     Returns:
         (model, report): report {"path", "model", "loaded", "left_initialised" [names],
         "num_classes" [file, run], "size" [file, run]}.
 
     Raises:
-        ValueError: naming the flag, the file and what does not fit.
+        ValueError: naming the argument, the file and what does not fit.
     """
     source = load_init_model(path, argument)
     name = type(source).__name__
@@ -96,13 +96,13 @@ def init_model(path, *, num_classes, size, families, expected=None, overrides=No
     new_size = tuple(old if run is None else int(run) for old, run in zip(old_size, tuple(size) + old_size[len(size):]))
     if len(old_size) == 3 and new_size[2] != old_size[2]:
         raise ValueError(f"{argument} {path}: the {name} takes {old_size[2]} input channel(s), the run "
-                         f"{new_size[2]} (--channels)")
+                         f"{new_size[2]} (`channels`)")
     config.update(num_classes=int(num_classes), **{size_key: list(new_size)})
     config.update({k: None for k in _WEIGHT_ARGUMENTS if k in config})
     unknown = sorted(set(overrides or {}) - set(config))
     if unknown:
-        raise ValueError(f"--set {', '.join(unknown)}: not arguments of the {name} in {path}; expected some of "
-                         f"{sorted(config)}")
+        raise ValueError(f"`model_kwargs` {', '.join(unknown)}: not arguments of the {name} in {path}; expected some "
+                         f"of {sorted(config)}")
     config.update(overrides or {})
     try:
         model = type(source).from_config(config)
@@ -203,9 +203,9 @@ def model_expectation(model):
     from kseg.models.factory import MODEL_NAMES, _MODELS
 
     if model not in _MODELS:
-        raise ValueError(f"--model {model!r}: expected one of {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"`model` {model!r}: expected one of {', '.join(MODEL_NAMES)}")
     cls, presets = _MODELS[model]
-    return f"--model {model}", cls, presets
+    return f"`model` {model}", cls, presets
 
 
 def config_expectation(config_name, configs, cls):
@@ -213,5 +213,5 @@ def config_expectation(config_name, configs, cls):
     if config_name is None:
         return None
     if config_name not in configs:
-        raise ValueError(f"--model-config {config_name!r}, expected one of {', '.join(configs)}")
-    return f"--model-config {config_name}", cls, configs[config_name]
+        raise ValueError(f"`preset` {config_name!r}, expected one of {', '.join(configs)}")
+    return f"`preset` {config_name}", cls, configs[config_name]

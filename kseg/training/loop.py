@@ -56,12 +56,12 @@ def resume_epoch(output_dir):
 
 def start_run(*, epochs, steps_per_epoch, batch_size, learning_rate, seed, strategy, cpu_replicas, lr_reference_batch,
               output_dir=None):
-    """What every `kseg train` task does first: checks the lengths (errors name the flag), makes
+    """What every `kseg train` task does first: checks the lengths (errors name the argument), makes
     the strategy, refuses a run folder another process writes (`output_dir`, checked by the
     chief; `fit_run` holds its lock), checks that the global batch splits over its replicas,
     scales the learning rate, and seeds Keras/TF/NumPy. Returns (the `tf.distribute.Strategy`,
     the learning rate)."""
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--steps-per-epoch", steps_per_epoch)):
+    for name, value in (("`epochs`", epochs), ("`batch_size`", batch_size), ("`steps_per_epoch`", steps_per_epoch)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} {value!r}: expected an int >= 1")
     dist = get_strategy(strategy, cpu_replicas=cpu_replicas)

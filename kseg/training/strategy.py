@@ -40,10 +40,10 @@ def get_strategy(name="default", cpu_replicas=None):
         A strategy; build and compile the model inside `strategy.scope()`.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"--strategy {name!r}: expected one of {STRATEGIES}")
+        raise ValueError(f"`strategy` {name!r}: expected one of {STRATEGIES}")
     if cpu_replicas is not None and (name != "mirrored" or not isinstance(cpu_replicas, int) or cpu_replicas < 1):
-        raise ValueError(f"--cpu-replicas {cpu_replicas!r}: expected an int >= 1 with --strategy mirrored "
-                         f"(got --strategy {name})")
+        raise ValueError(f"`cpu_replicas` {cpu_replicas!r}: expected an int >= 1 with `strategy` mirrored "
+                         f"(got `strategy` {name})")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "multi-worker":
@@ -55,7 +55,7 @@ def get_strategy(name="default", cpu_replicas=None):
             tf.config.set_logical_device_configuration(
                 cpu, [tf.config.LogicalDeviceConfiguration()] * int(cpu_replicas))
         except RuntimeError as err:
-            raise ValueError(f"--cpu-replicas {cpu_replicas}: TensorFlow's devices are already initialised in "
+            raise ValueError(f"`cpu_replicas` {cpu_replicas}: TensorFlow's devices are already initialised in "
                              "this process; expected it before any TensorFlow work (start a new process)") from err
         devices = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
@@ -136,7 +136,7 @@ def check_global_batch(strategy, batch_size):
     """The per-replica batch of a global `batch_size`, which must split evenly over the replicas."""
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise ValueError(f"--batch-size {batch_size} is the global batch; expected a multiple of the "
+        raise ValueError(f"`batch_size` {batch_size} is the global batch; expected a multiple of the "
                          f"{replicas} replicas of the strategy")
     return batch_size // replicas
 
@@ -147,7 +147,7 @@ def scaled_learning_rate(learning_rate, batch_size, reference_batch=None):
     if reference_batch is None:
         return learning_rate
     if not isinstance(reference_batch, int) or reference_batch < 1:
-        raise ValueError(f"--lr-reference-batch {reference_batch!r}: expected an int >= 1")
+        raise ValueError(f"`lr_reference_batch` {reference_batch!r}: expected an int >= 1")
     return learning_rate * batch_size / reference_batch
 
 

@@ -48,6 +48,12 @@ def build_loss(name, num_classes, ignore_class=None, class_weights=None):
     raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}.")
 
 
+def build_metrics(spec):
+    """The metrics a semantic model is compiled with: mIoU and pixel accuracy (ignore_class left out)."""
+    return [kmetrics.MeanIoU(spec.num_classes, ignore_class=spec.ignore_class, name="mean_iou"),
+            kmetrics.PixelAccuracy(spec.num_classes, ignore_class=spec.ignore_class, name="pixel_accuracy")]
+
+
 def build_schedule(name, learning_rate, total_steps):
     """Constant, cosine decay or polynomial (power 0.9, as in DeepLab) over `total_steps`."""
     if name == "constant":
@@ -87,7 +93,7 @@ def load_splits(spec):
         small = [s for s in sizes if s[0] < spec.crop_size[0] or s[1] < spec.crop_size[1]]
         if small:
             raise kdata.DataError(
-                f"--crop-size {spec.crop_size[0]}x{spec.crop_size[1]} does not fit in training images of "
+                f"`crop_size` {spec.crop_size[0]}x{spec.crop_size[1]} does not fit in training images of "
                 f"{small[0][0]}x{small[0][1]}; expected a crop at most as large as every training image")
     return train_pairs, val_pairs, summaries
 
@@ -213,10 +219,7 @@ def train(
             net.compile(
                 optimizer=keras.optimizers.Adam(build_schedule(schedule, rate, epochs * steps_per_epoch)),
                 loss=build_loss(loss, spec.num_classes, spec.ignore_class, class_weights),
-                metrics=[
-                    kmetrics.MeanIoU(spec.num_classes, ignore_class=spec.ignore_class, name="mean_iou"),
-                    kmetrics.PixelAccuracy(spec.num_classes, ignore_class=spec.ignore_class, name="pixel_accuracy"),
-                ],
+                metrics=build_metrics(spec),
                 jit_compile=jit_compile,
             )
         run = {
