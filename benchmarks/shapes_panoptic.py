@@ -36,7 +36,7 @@ def main():
     parser.add_argument("--model", choices=("panoptic_fpn", "maskformer"), default="panoptic_fpn")
     args = parser.parse_args()
 
-    from kseg import viz
+    from kseg import tasks, viz
     from kseg.training.instance import resized
     from kseg.training.panoptic import (
         PanopticDataSpec,
@@ -44,7 +44,6 @@ def main():
         load_panoptic_model,
         load_panoptic_splits,
         predict_panoptic_image,
-        train_panoptic,
     )
     from kseg.training.callbacks import read_history_csv
 
@@ -53,9 +52,9 @@ def main():
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resumed one
     size = (args.image_size, args.image_size)
     spec = PanopticDataSpec(source="shapes", image_size=size, max_instances=8, shapes=args.shapes)
-    result = train_panoptic(spec, str(run_dir), model=args.model, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                            batch_size=args.batch_size, learning_rate=args.learning_rate,
-                            time_budget=args.budget, verbose=2)
+    result = tasks.train(str(run_dir), task="panoptic", spec=spec, model=args.model, epochs=args.epochs,
+                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, time_budget=args.budget, verbose=2)
     metrics = result["metrics"]
     history = read_history_csv(run_dir / "history.csv")
     curve = {"epoch": list(range(1, len(history["val_PQ"]) + 1)), "train_seconds": history.get("seconds"),
