@@ -44,7 +44,8 @@ def model_and_validation(run):
     import keras
 
     import kseg.models.mask_rcnn  # noqa: F401  (registers the classes best.keras names)
-    from kseg.training.instance import load_instance_run, load_instance_splits
+    from kseg.training.detection_data import load_instance_splits
+    from kseg.training.detection_runs import load_instance_run
 
     record = load_instance_run(run)
     train, val, categories = load_instance_splits(record["data"])
@@ -105,7 +106,7 @@ def test_evaluate_equals_an_independent_coco_evaluation(shapes_run, capsys):
 @pytest.mark.slow
 def test_predict_writes_overlays_and_json_that_decode_to_the_predicted_masks(shapes_run, tmp_path):
     from kseg.data.shapes import shapes_dataset_examples
-    from kseg.training.instance import predict_image
+    from kseg.training.detection_predict import predict_image
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -178,7 +179,7 @@ def test_train_from_a_coco_json_on_the_real_sample(tmp_path):
 def write_fake_run(folder, task="instance"):
     """A run folder with only run.json (no model): enough for the checks made before loading one."""
     from kseg.data.shapes import SHAPE_CATEGORIES
-    from kseg.training.instance import InstanceDataSpec
+    from kseg.training.detection_spec import InstanceDataSpec
 
     folder.mkdir()
     spec = InstanceDataSpec(source="shapes", shapes=4, image_size=(SIZE, SIZE))

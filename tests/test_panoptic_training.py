@@ -20,8 +20,10 @@ from kseg.data.panoptic import (
 )
 from kseg.data.panoptic_shapes import PANOPTIC_SHAPE_CATEGORIES, panoptic_shapes_examples
 from kseg.metrics.panoptic import evaluate_panoptic_folders
-from kseg.training.instance import resize_example
-from kseg.training.panoptic import PanopticDataSpec, evaluate_panoptic_model, load_panoptic_model
+from kseg.training.detection_eval import evaluate_panoptic_model
+from kseg.training.detection_runs import load_panoptic_model
+from kseg.training.detection_spec import PanopticDataSpec
+from kseg.training.examples import resize_example
 from tests.testing import SHARED_DATA, requires_shared_data
 
 SAMPLE = SHARED_DATA / "coco-panoptic-sample"
