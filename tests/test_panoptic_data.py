@@ -208,7 +208,8 @@ def test_real_sample_write_read_round_trip(tmp_path):
 def test_docstring_examples_run():
     import doctest
 
-    from kseg.data import panoptic
+    from kseg.data import panoptic, panoptic_training
 
-    failed, attempted = doctest.testmod(panoptic)
-    assert attempted > 0 and failed == 0
+    for module in (panoptic, panoptic_training):
+        failed, attempted = doctest.testmod(module)
+        assert attempted > 0 and failed == 0, module.__name__

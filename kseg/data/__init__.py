@@ -9,15 +9,8 @@
 
 from kseg.data.augment import Augment
 from kseg.data.errors import DataError
-from kseg.data.folder import (
-    apply_remap,
-    folder_dataset,
-    read_image,
-    read_mask,
-    remap_table,
-    resize_image,
-    validate_pairs,
-)
+from kseg.data.folder import apply_remap, folder_dataset, remap_table, validate_pairs
+from kseg.data.image_files import read_image, read_mask, resize_image
 from kseg.data.split import find_pairs, split_pairs
 
 __all__ = [
@@ -35,11 +28,10 @@ __all__ = [
 ]
 
 # Instance segmentation (Mask R-CNN): COCO JSON / label-map readers, padding, tf.data, synthetic shapes.
+from kseg.data.instance_pipeline import instance_dataset, pad_instances  # noqa: E402
 from kseg.data.instances import (  # noqa: E402
     CocoInstances,
-    instance_dataset,
     masks_to_boxes,
-    pad_instances,
     read_coco_instances,
     read_instance_label_map,
 )

@@ -7,8 +7,7 @@
 
 import fractions
 
-from kseg.data.errors import DataError
-from kseg.data.folder import _is_int
+from kseg.data.errors import DataError, is_int
 
 POLYGON_REACH = 8  # polygons are clipped this many image sizes outside the image
 
@@ -31,10 +30,10 @@ def check_image_record(json_path, i, img, seen):
         raise DataError(f"{json_path}: images[{i}] lacks field(s) {', '.join(missing)}, expected id, file_name, "
                         "height and width")
     for key, ok, expected in [
-        ("id", _is_int(img["id"]) or isinstance(img["id"], str), "an int or a string"),
+        ("id", is_int(img["id"]) or isinstance(img["id"], str), "an int or a string"),
         ("file_name", isinstance(img["file_name"], str) and img["file_name"] != "", "a non-empty string"),
-        ("height", _is_int(img["height"]) and img["height"] >= 1, "an int >= 1"),
-        ("width", _is_int(img["width"]) and img["width"] >= 1, "an int >= 1"),
+        ("height", is_int(img["height"]) and img["height"] >= 1, "an int >= 1"),
+        ("width", is_int(img["width"]) and img["width"] >= 1, "an int >= 1"),
     ]:
         if not ok:
             raise DataError(f"{json_path}: images[{i}] has {key} {repr(img[key])[:60]}, expected {expected}")

@@ -1,95 +1,42 @@
-"""Image + mask files: reading, validation and the tf.data reader.
+"""Folders of image + mask pairs: validation and the tf.data reader.
 
 Pairing files by stem (`find_pairs`) and the train/validation split live in
-`kseg.data.split`, which needs neither TF nor Pillow; `find_pairs` is re-exported here.
+`kseg.data.split`, which needs neither TF nor Pillow; reading one file lives in
+`kseg.data.image_files` (`read_image`, `read_mask`, `open_image`, `resize_image`, also
+importable from here).
 
 Shape shorthand (`folder_dataset` output):
 
     images  float32 [B, H, W, C]  raw pixel values in [0, 255], C = `channels` (1 or 3)
     masks   int32   [B, H, W]     class ids after `remap`; `ignore_class` where padded
 
-How files are read:
-
-    images  tf.io.decode_image (PNG, JPEG, BMP, GIF): grey <-> RGB conversion by TF when
-            `channels` asks for it, alpha dropped, 16-bit PNGs scaled to 8 bits.
-            `read_image` / `resize_image` do the same outside the pipeline (prediction).
-    masks   Pillow, through tf.numpy_function (`read_mask`). A palette ("P") PNG stores a
-            class index per pixel plus a colour table; TF's PNG decoder would return the
-            colours, Pillow returns the indices, which are the class ids. Modes L, P, 1 and
-            16/32-bit I;16/I are read as they are; masks with colour channels are refused.
-
-`remap` ({source_id: target_id}, unmapped values kept) becomes a lookup table
-(`remap_table`) applied in the graph by `apply_remap` and in NumPy by `validate_pairs`.
+Images are decoded by TensorFlow and masks by Pillow, through tf.numpy_function, exactly as
+`read_image` and `read_mask` read them. `remap` ({source_id: target_id}, unmapped values kept)
+becomes a lookup table (`remap_table`) applied in the graph by `apply_remap` and in NumPy by
+`validate_pairs`.
 """
 
 import os
-import re
-import warnings
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from kseg.data.errors import DataError
+from kseg.data.errors import DataError, is_int
+from kseg.data.image_files import (  # noqa: F401  (read_mask and _op_message: importable from here as before)
+    IMAGE_MODES,
+    _decode_image,
+    _op_message,
+    _read_mask,
+    open_image,
+    read_image,
+    read_mask,
+    resize_image,
+)
 from kseg.data.sharding import check_shard, select_elements
 from kseg.utils.progress import progress
 
-MASK_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
-IMAGE_MODES = {"1": 1, "L": 1, "P": 3, "I": 1, "I;16": 1, "I;16L": 1, "I;16B": 1, "I;16N": 1,
-               "LA": 1, "PA": 3, "RGB": 3, "RGBA": 3}  # channels after dropping alpha
 _MAX_REMAP_KEY = 2**16 - 1
 _SHOW = 5  # how many offending files an error message lists
-_READABLE = "PNG, JPEG, BMP, GIF or TIFF"
-
-
-def read_mask(path):
-    """Reads a mask file as class ids, palette indices included (not colours).
-
-    Args:
-        path: str, bytes or os.PathLike of a mode 1, L, P, I;16 or I image.
-
-    Returns:
-        int32 numpy array [H, W].
-
-    Raises:
-        DataError: unreadable file, or a mask with colour channels (mode RGB, LA, ...).
-    """
-    return _read_mask(os.fsdecode(path))[0]
-
-
-def _read_mask(path):
-    """Returns (int32 [H, W] class ids, Pillow mode) of the mask file `path`."""
-    img = _open(path, "mask")
-    if img.mode not in MASK_MODES:
-        raise DataError(
-            f"{path}: mask has mode {img.mode} ({len(img.getbands())} channels), expected one class id "
-            f"per pixel (mode {', '.join(MASK_MODES)}): save masks as single-channel or palette PNGs")
-    return np.asarray(img, dtype=np.int32), img.mode
-
-
-def open_image(path, what="image"):
-    """Opens and fully decodes an image with Pillow; any failure becomes a DataError.
-
-    Pillow refuses images of more than 2 * `PIL.Image.MAX_IMAGE_PIXELS` pixels (a
-    decompression bomb) before decoding them; that refusal is a DataError too.
-
-    Args:
-        path: str or os.PathLike of an image file.
-        what: the file's role in the error message ("image", "mask", ...).
-
-    Returns:
-        the decoded `PIL.Image.Image`, in the file's own mode.
-    """
-    try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except Exception as err:  # truncated, corrupt, not an image, decompression bomb, ...
-        raise DataError(f"{path}: cannot read the {what}: {type(err).__name__}: {err}; expected a complete "
-                        f"image file ({_READABLE})") from None
-
-
-_open = open_image  # the name kseg.data's readers use
 
 
 def remap_table(remap):
@@ -107,7 +54,7 @@ def remap_table(remap):
     if not isinstance(remap, dict) or not remap:
         raise DataError(f"remap={remap!r}, expected a non-empty dict {{source_id: target_id}}")
     for key, value in remap.items():
-        if not (_is_int(key) and 0 <= key <= _MAX_REMAP_KEY and _is_int(value) and value >= 0):
+        if not (is_int(key) and 0 <= key <= _MAX_REMAP_KEY and is_int(value) and value >= 0):
             raise DataError(f"remap entry {key!r}: {value!r}, expected ints with 0 <= source <= "
                             f"{_MAX_REMAP_KEY} and target >= 0")
     table = np.arange(max(remap) + 1, dtype=np.int32)
@@ -126,87 +73,6 @@ def apply_remap(mask, table):
         return np.where(inside, table[np.clip(mask, 0, size - 1)], mask).astype(mask.dtype)
     mapped = tf.gather(tf.constant(table, mask.dtype), tf.clip_by_value(mask, 0, size - 1))
     return tf.where(inside, mapped, mask)
-
-
-def read_image(path, channels=3):
-    """Reads one image file exactly as `folder_dataset` does (for prediction and drawing).
-
-    Args:
-        path: str or os.PathLike of a PNG, JPEG, BMP or GIF file.
-        channels: 1 or 3 (grey <-> RGB converted, alpha dropped).
-
-    Returns:
-        float32 numpy array [H, W, channels], raw pixel values in [0, 255].
-
-    Raises:
-        DataError: the file is missing, is not a PNG, JPEG, BMP or GIF, does not decode
-            (empty, truncated, corrupt), or its header declares more pixels than Pillow's
-            decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, checked before decoding).
-    """
-    if channels not in (1, 3):
-        raise DataError(f"read_image: channels={channels!r}, expected 1 or 3")
-    path = os.fspath(path)
-    _check_pixel_count(path)
-    try:
-        return _decode_image(tf.io.read_file(path), channels).numpy()
-    except (tf.errors.OpError, ValueError) as err:
-        raise DataError(f"{path}: cannot read the image: {_op_message(err)}; expected a complete PNG, JPEG, "
-                        "BMP or GIF file") from None
-
-
-def _check_pixel_count(path):
-    """Refuses an image whose header declares more pixels than Pillow's decompression-bomb limit."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if not limit:
-        return
-    try:
-        with warnings.catch_warnings():  # Pillow warns between 1x and 2x the limit; refused below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:  # reads the header only
-                width, height = img.size
-    except Image.DecompressionBombError as err:  # Pillow refuses more than 2x the limit itself
-        raise DataError(f"{path}: cannot read the image: {err}; expected at most {limit} pixels "
-                        "(PIL.Image.MAX_IMAGE_PIXELS; raise it to read larger images)") from None
-    except Exception:  # unreadable headers are reported by the decoder, with its reason
-        return
-    if width * height > limit:
-        raise DataError(f"{path}: image is {height}x{width} (HxW) = {width * height} pixels, expected at most "
-                        f"{limit} (PIL.Image.MAX_IMAGE_PIXELS; raise it to read larger images)")
-
-
-def _op_message(err):
-    """A TensorFlow error's message without the "{{function_node ...}}" prefix and "[Op:...]" suffix."""
-    text = str(getattr(err, "message", err))
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
-    return re.sub(r"\s*\[Op:\w+\].*$", "", text, flags=re.S).strip()
-
-
-def resize_image(image, image_size):
-    """Resizes images exactly as `folder_dataset` does: bilinear, antialiased, clipped to [0, 255].
-
-    Args:
-        image: float [H, W, C] or [B, H, W, C] pixel values.
-        image_size: (h, w), or None to return `image` unchanged.
-
-    Returns:
-        float32 [h, w, C] or [B, h, w, C].
-    """
-    if image_size is None:
-        return image
-    image = tf.image.resize(tf.cast(image, tf.float32), image_size, method="bilinear", antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
-
-
-def _decode_image(data, channels):
-    """PNG/JPEG/BMP/GIF bytes -> float32 [H, W, channels] (first frame of a GIF)."""
-    image = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
-    image = tf.cast(image, tf.float32)
-    image.set_shape([None, None, channels])
-    return image
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def validate_pairs(pairs, num_classes, ignore_class=None, remap=None, channels=None):
@@ -237,9 +103,9 @@ def validate_pairs(pairs, num_classes, ignore_class=None, remap=None, channels=N
         DataError: naming each offending file with the value seen and the value expected.
     """
     _check_pairs(pairs, "validate_pairs")
-    if not _is_int(num_classes) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise DataError(f"validate_pairs: num_classes={num_classes!r}, expected an int >= 1")
-    if ignore_class is not None and (not _is_int(ignore_class) or ignore_class < 0):
+    if ignore_class is not None and (not is_int(ignore_class) or ignore_class < 0):
         raise DataError(f"validate_pairs: ignore_class={ignore_class!r}, expected an int >= 0 or None")
     if channels not in (None, 1, 3):
         raise DataError(f"validate_pairs: channels={channels!r}, expected 1, 3 or None")
@@ -251,7 +117,7 @@ def validate_pairs(pairs, num_classes, ignore_class=None, remap=None, channels=N
     for image_path, mask_path in progress(pairs, total=len(pairs), desc="validate"):
         try:
             image_path = os.fspath(image_path)
-            image = _open(image_path, "image")
+            image = open_image(image_path, "image")
             if image.mode not in IMAGE_MODES:
                 raise DataError(f"{image_path}: image mode {image.mode} ({len(image.getbands())} channels), "
                                 f"expected grey, RGB or palette, +alpha (modes {', '.join(IMAGE_MODES)}) "
@@ -348,10 +214,10 @@ def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=
     """
     _check_pairs(pairs, "folder_dataset")
     shard = check_shard(shard, "folder_dataset")
-    opt_int = lambda v, low: v is None or (_is_int(v) and v >= low)  # noqa: E731
+    opt_int = lambda v, low: v is None or (is_int(v) and v >= low)  # noqa: E731
     for name, value, ok, expected in [
         ("image_size", image_size, image_size is None or (isinstance(image_size, (list, tuple)) and len(
-            image_size) == 2 and all(_is_int(v) and v > 0 for v in image_size)), "(H, W) positive ints or None"),
+            image_size) == 2 and all(is_int(v) and v > 0 for v in image_size)), "(H, W) positive ints or None"),
         ("channels", channels, channels in (1, 3), "1 or 3"),
         ("batch_size", batch_size, batch_size is not None and opt_int(batch_size, 1), "an int >= 1"),
         ("augment", augment, augment is None or callable(augment), "None or a callable (image, mask, seed)"),
@@ -360,7 +226,7 @@ def folder_dataset(pairs, *, image_size=None, channels=3, batch_size=1, augment=
         ("seed", seed, opt_int(seed, -(2**63)), "None or an int"),
         ("cache", cache, isinstance(cache, (bool, str, os.PathLike)), "True, False or a file path"),
         ("crop_size", crop_size, crop_size is None or (isinstance(crop_size, (list, tuple)) and len(
-            crop_size) == 2 and all(_is_int(v) and v > 0 for v in crop_size)), "(h, w) positive ints or None"),
+            crop_size) == 2 and all(is_int(v) and v > 0 for v in crop_size)), "(h, w) positive ints or None"),
     ]:
         if not ok:
             raise DataError(f"folder_dataset: {name}={value!r}, expected {expected}")

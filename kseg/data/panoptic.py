@@ -27,16 +27,15 @@ have either, and `kseg.metrics.PanopticQuality` needs every segment to have pixe
 import collections.abc
 import json
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
 
 from kseg.data.coco_checks import check_image_record
-from kseg.data.errors import DataError
-from kseg.data.folder import _is_int, _open
+from kseg.data.errors import DataError, is_int, shortlist
+from kseg.data.image_files import open_image
+from kseg.utils import atomic_write
 
-_SHOW = 5  # how many ids an error message lists
 _MAX_ID = 256**3 - 1
 
 
@@ -164,7 +163,7 @@ def read_coco_panoptic(json_path, png_dir, image_dir=None):
         seen_ids.add(image_id)
         if images is not None and image_id not in images:
             raise DataError(f"{where}: image_id is not the id of any of the {len(images)} 'images', expected one "
-                            f"of {_some(images)}")
+                            f"of {shortlist(images)}")
         segments = _segments(where, ann["segments_info"], category_ids)
         png = os.path.join(png_dir, str(ann["file_name"]))
         if not os.path.isfile(png):
@@ -201,7 +200,7 @@ class CocoPanoptic(collections.abc.Sequence):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         record = self._records[index]
-        png = _open(record["png"], "panoptic PNG")
+        png = open_image(record["png"], "panoptic PNG")
         if png.mode != "RGB":
             raise DataError(f"{record['png']}: PNG has mode {png.mode}, expected RGB (id = R + 256 G + 256^2 B)")
         panoptic = rgb_to_id(np.asarray(png))
@@ -216,7 +215,7 @@ class CocoPanoptic(collections.abc.Sequence):
         if "image_file_name" in record:
             example["image_file_name"] = record["image_file_name"]
         if "image_path" in record:
-            image = np.asarray(_open(record["image_path"], "image").convert("RGB"), dtype=np.uint8)
+            image = np.asarray(open_image(record["image_path"], "image").convert("RGB"), dtype=np.uint8)
             if image.shape[:2] != (h, w):
                 raise DataError(f"{record['image_path']}: image is {image.shape[0]}x{image.shape[1]} (HxW), "
                                 f"expected {h}x{w}, the size of its panoptic PNG {record['png']}")
@@ -229,11 +228,11 @@ def check_panoptic(panoptic, segments, where="panoptic"):
     present = set(np.unique(panoptic).tolist()) - {0}
     unlisted = sorted(present - set(segments))
     if unlisted:
-        raise DataError(f"{where}: PNG holds segment id(s) {_some(unlisted)} absent from segments_info, expected "
-                        f"every nonzero id to be listed (ids listed: {_some(sorted(segments))})")
+        raise DataError(f"{where}: PNG holds segment id(s) {shortlist(unlisted)} absent from segments_info, expected "
+                        f"every nonzero id to be listed (ids listed: {shortlist(sorted(segments))})")
     empty = sorted(set(segments) - present)
     if empty:
-        raise DataError(f"{where}: segments_info lists id(s) {_some(empty)} with no pixel in the PNG, expected "
+        raise DataError(f"{where}: segments_info lists id(s) {shortlist(empty)} with no pixel in the PNG, expected "
                         "every listed segment to have pixels")
 
 
@@ -243,13 +242,13 @@ def _categories(json_path, records):
     if not isinstance(records, list):
         raise DataError(f"{json_path}: categories has type {type(records).__name__}, expected a list")
     for i, c in enumerate(records):
-        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)
+        if not (isinstance(c, dict) and is_int(c.get("id")) and isinstance(c.get("name"), str)
                 and c.get("isthing") in (0, 1)):  # True and False compare equal to 1 and 0
             raise DataError(f"{json_path}: categories[{i}] is {str(c)[:100]}, expected a dict with an int 'id', a "
                             "string 'name' and 'isthing' 0 or 1")
     ids = [c["id"] for c in records]
     if len(set(ids)) != len(ids):
-        raise DataError(f"{json_path}: category ids {_some(sorted({i for i in ids if ids.count(i) > 1}))} "
+        raise DataError(f"{json_path}: category ids {shortlist(sorted({i for i in ids if ids.count(i) > 1}))} "
                         "repeated, expected unique ids")
     return [dict(c) for c in records]
 
@@ -286,14 +285,14 @@ def _segments(where, segments_info, category_ids):
             raise DataError(f"{where}: segments_info[{k}] is {str(seg)[:80]!r}, expected a dict with 'id' and "
                             "'category_id'")
         sid = seg["id"]
-        if not (_is_int(sid) and 0 < sid <= _MAX_ID):
+        if not (is_int(sid) and 0 < sid <= _MAX_ID):
             raise DataError(f"{where}: segments_info[{k}] has id {sid!r}, expected an int in [1, {_MAX_ID}]")
         if sid in segments:
             raise DataError(f"{where}: segments_info[{k}] repeats segment id {sid}, expected unique ids")
         if category_ids is not None and (not isinstance(seg["category_id"], collections.abc.Hashable)
                                          or seg["category_id"] not in category_ids):
             raise DataError(f"{where}: segment {sid} has category_id {seg['category_id']!r}, expected one of the "
-                            f"JSON's category ids ({_some(sorted(category_ids, key=str))})")
+                            f"JSON's category ids ({shortlist(sorted(category_ids, key=str))})")
         crowd = seg.get("iscrowd", 0)
         if crowd not in (0, 1):
             raise DataError(f"{where}: segment {sid} has iscrowd {crowd!r}, expected 0 or 1")
@@ -344,7 +343,8 @@ def write_coco_panoptic(examples, json_path, png_dir, categories=None):
         check_panoptic(panoptic, segments, where=where)
         stats = segment_stats(panoptic)
         file_name = str(example.get("file_name", f"{example['image_id']}.png"))
-        _atomic_write(os.path.join(png_dir, file_name), lambda f: Image.fromarray(rgb, "RGB").save(f, format="PNG"))
+        with atomic_write(os.path.join(png_dir, file_name), "wb") as f:
+            Image.fromarray(rgb, "RGB").save(f, format="PNG")
         info = [{**seg, "id": sid, "area": stats[sid][0], "bbox": stats[sid][1]} for sid, seg in segments.items()]
         annotations.append({"image_id": example["image_id"], "file_name": file_name, "segments_info": info})
         if "image_file_name" in example:
@@ -354,24 +354,9 @@ def write_coco_panoptic(examples, json_path, png_dir, categories=None):
     if categories is not None:
         data["categories"] = [dict(c) for c in categories]
     text = json.dumps(data, default=_json_default)
-    _atomic_write(json_path, lambda f: f.write(text.encode("utf-8")))
+    with atomic_write(json_path, "wb") as f:
+        f.write(text.encode("utf-8"))
     return data
-
-
-def _atomic_write(path, write):
-    """Calls write(binary file) on a temporary file next to `path`, then renames it to `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(temp, 0o644)  # mkstemp makes 0600 files
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
 
 
 def _json_default(value):
@@ -384,91 +369,5 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _some(values):
-    values = list(values)
-    return ", ".join(str(v) for v in values[:_SHOW]) + (" ..." if len(values) > _SHOW else "")
-
-
-# ---------------------------------------------------------------------------------- training
-
-
-def training_categories(categories):
-    """kseg's panoptic category ids for a COCO panoptic "categories" list.
-
-    Things come first, as 1..K in the order of their file ids, then stuff as K+1..K+S; each
-    entry keeps its file id as "coco_id". Panoptic FPN predicts thing class k (1..K) and
-    semantic channel s (1..S) for stuff category K + s, and `kseg.data.panoptic_shapes`
-    uses the same layout.
-
-    Args:
-        categories: [C] dicts {"id", "name", "isthing"}.
-
-    Returns:
-        [C] dicts {"id", "name", "isthing" (0 or 1), "coco_id"}.
-
-    Example:
-        >>> [(c["id"], c["coco_id"]) for c in training_categories(
-        ...     [{"id": 7, "name": "sky", "isthing": 0}, {"id": 3, "name": "car", "isthing": 1}])]
-        [(1, 3), (2, 7)]
-    """
-    for i, category in enumerate(categories or []):
-        missing = [k for k in ("id", "name", "isthing") if not isinstance(category, dict) or k not in category]
-        if missing:
-            raise DataError(f"categories[{i}] lacks {', '.join(missing)}, expected a dict with id, name and isthing")
-    if not categories:
-        raise DataError("categories is empty, expected the COCO panoptic categories (id, name, isthing)")
-    ordered = sorted(categories, key=lambda c: (not c["isthing"], c["id"]))
-    return [{"id": i, "name": c["name"], "isthing": int(bool(c["isthing"])), "coco_id": c["id"]}
-            for i, c in enumerate(ordered, start=1)]
-
-
-def panoptic_training_example(example, categories, ignore=255):
-    """A COCO panoptic example in the form Panoptic FPN trains and is scored on.
-
-    Args:
-        example: a `read_coco_panoptic` example with "image".
-        categories: `training_categories` of the file's categories.
-        ignore: the semantic label of void and crowd pixels.
-
-    Returns:
-        a dict: image uint8 [H, W, 3]; the instance contract of `kseg.data.instances`
-        (boxes float32 [N, 4] y1, x1, y2, x2 px; classes int32 [N] 1..K; masks uint8
-        [N, H, W]; iscrowd [N]) for the thing segments; semantic int32 [H, W] (0 under a
-        non-crowd thing, K + s -> s for stuff, `ignore` for void and crowd); panoptic (the
-        file's id map) and segments {id: {"category_id" (kseg's), "iscrowd", "isthing"}};
-        image_id.
-
-    Raises:
-        DataError: no image, or a segment whose category is not in `categories`.
-    """
-    from kseg.data.instances import masks_to_boxes  # imports TensorFlow, which the rest of this module needs not
-
-    where = f"panoptic example image_id {example.get('image_id')!r}"
-    if "image" not in example:
-        raise DataError(f"{where}: no 'image', expected the example of a read_coco_panoptic with image_dir")
-    by_coco = {c["coco_id"]: c for c in categories}
-    num_things = sum(1 for c in categories if c["isthing"])
-    panoptic = np.asarray(example["panoptic"])
-    semantic = np.full(panoptic.shape, ignore, np.int32)
-    masks, classes, crowd, segments = [], [], [], {}
-    for sid, info in sorted(example["segments"].items()):
-        category = by_coco.get(info["category_id"])
-        if category is None:
-            raise DataError(f"{where}: segment {sid} has category_id {info['category_id']!r}, expected one of "
-                            f"{_some(sorted(by_coco))}")
-        region = panoptic == sid
-        is_crowd = int(info.get("iscrowd", 0))
-        segments[sid] = {"category_id": category["id"], "iscrowd": is_crowd, "isthing": bool(category["isthing"])}
-        if category["isthing"]:
-            masks.append(region)
-            classes.append(category["id"])
-            crowd.append(is_crowd)
-            if not is_crowd:
-                semantic[region] = 0
-        elif not is_crowd:
-            semantic[region] = category["id"] - num_things
-    height, width = panoptic.shape
-    masks = np.array(masks, np.uint8).reshape(-1, height, width)
-    return {"image": np.asarray(example["image"]), "image_id": example["image_id"], "boxes": masks_to_boxes(masks),
-            "classes": np.array(classes, np.int32), "masks": masks, "iscrowd": np.array(crowd, np.int32),
-            "semantic": semantic, "panoptic": panoptic.astype(np.int32), "segments": segments}
+# COCO panoptic examples as Panoptic FPN trains on them, importable from here as before.
+from kseg.data.panoptic_training import panoptic_training_example, training_categories  # noqa: E402, F401

@@ -17,8 +17,7 @@ a function of its seed alone. Examples follow the `kseg.data.instances` contract
 import numpy as np
 from PIL import Image, ImageDraw
 
-from kseg.data.errors import DataError
-from kseg.data.folder import _is_int
+from kseg.data.errors import DataError, is_int
 from kseg.data.instances import masks_to_boxes
 
 SHAPE_CATEGORIES = [
@@ -110,9 +109,9 @@ def shapes_dataset_examples(count, seed=0, **kwargs):
         >>> [e["image_id"] for e in examples]
         [0, 1, 2]
     """
-    if not _is_int(count) or count < 1:
+    if not is_int(count) or count < 1:
         raise DataError(f"shapes_dataset_examples: count={count!r}, expected an int >= 1")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise DataError(f"shapes_dataset_examples: seed={seed!r}, expected an int >= 0")
     examples = []
     for i in range(count):
@@ -125,16 +124,16 @@ def shapes_dataset_examples(count, seed=0, **kwargs):
 def _check_args(image_size, classes, min_instances, max_instances, min_size, max_size):
     """Validates shapes_example's arguments; returns (H, W, max_size)."""
     if not (isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(
-            _is_int(v) and v >= 8 for v in image_size)):
+            is_int(v) and v >= 8 for v in image_size)):
         raise DataError(f"shapes_example: image_size={image_size!r}, expected (H, W) ints >= 8")
     height, width = int(image_size[0]), int(image_size[1])
     if isinstance(classes, str) or not classes or any(c not in _IDS for c in classes):
         raise DataError(f"shapes_example: classes={classes!r}, expected a non-empty list of {list(_IDS)}")
-    if not (_is_int(min_instances) and _is_int(max_instances) and 0 <= min_instances <= max_instances):
+    if not (is_int(min_instances) and is_int(max_instances) and 0 <= min_instances <= max_instances):
         raise DataError(f"shapes_example: min_instances={min_instances!r}, max_instances={max_instances!r}, "
                         "expected ints with 0 <= min_instances <= max_instances")
-    max_size = max(min_size, min(height, width) // 2) if max_size is None and _is_int(min_size) else max_size
-    if not (_is_int(min_size) and _is_int(max_size) and 4 <= min_size <= max_size <= min(height, width)):
+    max_size = max(min_size, min(height, width) // 2) if max_size is None and is_int(min_size) else max_size
+    if not (is_int(min_size) and is_int(max_size) and 4 <= min_size <= max_size <= min(height, width)):
         raise DataError(f"shapes_example: min_size={min_size!r}, max_size={max_size!r}, expected ints with "
                         f"4 <= min_size <= max_size <= min(H, W) = {min(height, width)}")
     return height, width, max_size
