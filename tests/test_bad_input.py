@@ -845,7 +845,7 @@ def test_runtime_and_bench_refuse_corrupt_tflite_files(semantic_run, tmp_path, c
 def _maskrcnn(**kwargs):
     from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
 
-    return MaskRCNN(**{"num_classes": 2, "image_size": (64, 64), **SMALL_CONFIG, **kwargs})
+    return MaskRCNN(**{"num_classes": 2, "input_shape": (64, 64, 3), **SMALL_CONFIG, **kwargs})
 
 
 def _panoptic_fpn(**kwargs):
@@ -874,11 +874,12 @@ def _build(name, **kwargs):
 
 
 MODEL_CASES = {
-    "MaskRCNN/image size 100": ("absurd sizes", lambda: _maskrcnn(image_size=(100, 100)),
+    "MaskRCNN/image size 100": ("absurd sizes", lambda: _maskrcnn(input_shape=(100, 100, 3)),
                                 ["(100, 100, 3)", "divisible by 32"]),
-    "MaskRCNN/image size 0": ("absurd sizes", lambda: _maskrcnn(image_size=(0, 0)),
-                              ["(0, 0)", "two positive Python ints"]),
-    "MaskRCNN/negative image size": ("absurd sizes", lambda: _maskrcnn(image_size=(-32, 64)), ["(-32, 64)"]),
+    "MaskRCNN/image size 0": ("absurd sizes", lambda: _maskrcnn(input_shape=(0, 0, 3)),
+                              ["`input_shape`", "(0, 0, 3)", "positive ints"]),
+    "MaskRCNN/negative image size": ("absurd sizes", lambda: _maskrcnn(input_shape=(-32, 64, 3)),
+                                     ["`input_shape`", "(-32, 64, 3)"]),
     "MaskRCNN/unknown backbone": ("unknown model", lambda: _maskrcnn(backbone="vgg"),
                                   ["unknown backbone 'vgg'", "expected one of resnet50"]),
     "MaskRCNN/unknown ROI Align method": ("unknown model", lambda: _maskrcnn(roi_align_method="magic"),
