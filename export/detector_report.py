@@ -58,23 +58,19 @@ def accuracy(model, examples, categories, forward=None):
 
     Args:
         model: the Keras detector.
-        examples: held-out example dicts at the model's size (kseg.training.instance.resized).
+        examples: held-out example dicts at the model's size (kseg.training.examples.resized).
         categories: the run's categories.
         forward: images -> outputs (e.g. `tflite_forward`); default the Keras model.
 
     Returns:
         {"metric": "mask_AP" or "PQ", "value": points, or None when nothing could be scored}.
     """
-    if is_panoptic(model):
-        from kseg.training.panoptic import evaluate_panoptic_model
+    from kseg import tasks
 
-        value = evaluate_panoptic_model(model, examples, categories, batch_size=1, forward=forward)["all"]["pq"]
-        metric = "PQ"
-    else:
-        from kseg.training.instance import evaluate_instance_model
-
-        value = evaluate_instance_model(model, examples, categories, batch_size=1, forward=forward)["segm"]["AP"]
-        metric = "mask_AP"
+    panoptic = is_panoptic(model)
+    report = tasks.get_task("panoptic" if panoptic else "instance").evaluate(model, examples, categories, batch_size=1,
+                                                                             forward=forward)
+    value, metric = (report["all"]["pq"], "PQ") if panoptic else (report["segm"]["AP"], "mask_AP")
     return {"metric": metric, "value": None if value is None else 100.0 * float(value)}
 
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from export.tflite import VARIANTS
 
-TASKS = ("semantic", "instance", "panoptic")
 # export_run's arguments that only a semantic export takes, with their defaults.
 SEMANTIC_ONLY = {"image_size": None, "images": None, "masks": None, "calibration": None, "channels": None,
                  "remap": None, "labels": None, "ignore_class": None, "head": "logits", "rgb_input": False}
@@ -87,6 +86,7 @@ def export_run(run_dir=None, output_dir=None, *, variants=VARIANTS, model_path=N
         ExportFailed: with `check`, a variant missed its tolerance.
         ValueError, OSError: bad arguments or files, naming the argument or file.
     """
+    from kseg import tasks
     from kseg.utils.run_lock import lock_if_inside
 
     if run_dir is None and model_path is None:
@@ -94,24 +94,25 @@ def export_run(run_dir=None, output_dir=None, *, variants=VARIANTS, model_path=N
                          "file; got neither")
     if isinstance(labels, str):
         raise ValueError(f"`labels` {labels!r}: expected a list of class names")
-    task = _run_task(run_dir) if run_dir is not None else "semantic"
+    info = tasks.load_run(run_dir) if run_dir is not None else None
+    task = tasks.get_task(info.task if info else "semantic")
     output_dir = output_dir or default_output_dir(run_dir)
     options = dict(image_size=image_size, images=images, masks=masks, calibration=calibration, channels=channels,
                    remap=remap, labels=labels, ignore_class=ignore_class, head=head, rgb_input=rgb_input)
     with lock_if_inside(run_dir, output_dir):
-        if task == "semantic":
+        if task.name == "semantic":
             report = _export_semantic(
-                run_dir, output_dir, model_path, variants=variants, num_images=num_images,
+                task, info, output_dir, model_path, variants=variants, num_images=num_images,
                 num_calibration=num_calibration, input_type=input_type, int8_io=int8_io, allow_flex=allow_flex,
                 metadata=metadata, gpu=gpu, name=name, version=version, tolerances=tolerances, verbose=verbose,
                 **options)
         else:
             given = [f"`{key}`" for key, default in SEMANTIC_ONLY.items() if options[key] != default]
             if given:
-                raise ValueError(f"{', '.join(given)}: not options of exporting an {task} run (it exports the "
+                raise ValueError(f"{', '.join(given)}: not options of exporting an {task.name} run (it exports the "
                                  "detector at the run's size, calibrates int8 on the run's training images and "
                                  "checks every variant on its validation images)")
-            report = _export_detector_run(run_dir, output_dir, model_path, task, variants=variants,
+            report = _export_detector_run(task, info, output_dir, model_path, variants=variants,
                                           num_images=num_images, num_calibration=num_calibration, name=name,
                                           tolerances=tolerances, verbose=verbose)
     if check and not report["passed"]:
@@ -144,22 +145,15 @@ def check_tolerances(tolerances, keys):
                 raise ValueError(f"`tolerances`[{variant!r}][{key!r}] {value!r}: expected a number")
 
 
-def _run_task(run_dir):
-    """run.json's task ("semantic" when run.json is missing: the semantic loader then names it)."""
-    from kseg.training.spec import run_task
-
-    return run_task(run_dir, TASKS)
-
-
-def _export_semantic(run_dir, output_dir, model_path, *, image_size, images, masks, calibration, channels, remap,
+def _export_semantic(task, info, output_dir, model_path, *, image_size, images, masks, calibration, channels, remap,
                      labels, ignore_class, head, rgb_input, num_images, num_calibration, tolerances, **options):
     """export_model on the run's data (or the given folders) at the run's (or given) size."""
     from export.report import TOLERANCE_KEYS, export_model, image_pairs, load_examples
-    from kseg.training import load_run, split
+    from kseg.training import split
 
-    spec = load_run(run_dir)["data"] if run_dir is not None else None
+    spec = info.spec if info else None
     check_tolerances(tolerances or {}, TOLERANCE_KEYS)
-    model = _load_semantic_model(model_path or os.path.join(run_dir, "best.keras"))
+    model = task.load_model(None, model_path or info.model_path)
     image_size = image_size or (spec and (spec.image_size or spec.crop_size))
     channels = channels or (spec.channels if spec else int(model.input.shape[-1]))
     if images:
@@ -190,33 +184,15 @@ def _export_semantic(run_dir, output_dir, model_path, *, image_size, images, mas
         tolerances=tolerances, **options)
 
 
-def _load_semantic_model(path):
-    """The Keras model of the .keras file `path` (kseg's losses, metrics and models registered)."""
-    import keras
-
-    import kseg.losses  # noqa: F401  (registers the serializable classes a .keras file names)
-    import kseg.metrics  # noqa: F401
-    import kseg.models  # noqa: F401
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file {path} not found: expected a .keras file written by kseg train.")
-    try:
-        return keras.models.load_model(path, safe_mode=True)
-    except Exception as e:
-        raise ValueError(f"cannot load model {path}: {e}; expected a .keras file written by kseg.") from e
-
-
-def _export_detector_run(run_dir, output_dir, model_path, task, *, variants, num_images, num_calibration, name,
+def _export_detector_run(task, info, output_dir, model_path, *, variants, num_images, num_calibration, name,
                          tolerances, verbose):
     """export_detector at the run's size: parity on its validation examples, int8 calibrated on its training ones."""
     from export.detector_report import TOLERANCE_KEYS, export_detector
-    from kseg.training.instance import INSTANCE_TASK, resized
-    from kseg.training.panoptic import PANOPTIC_TASK  # loads MaskFormer runs too
+    from kseg.training.examples import resized
 
     check_tolerances(tolerances or {}, TOLERANCE_KEYS)
-    detection = INSTANCE_TASK if task == "instance" else PANOPTIC_TASK
-    model = detection.load(run_dir, model_path)
-    train, val, categories = detection.load_splits(detection.load_run(run_dir)["data"])
+    model = task.load_model(None, model_path or info.model_path)
+    train, val, categories = task.load_splits(info.spec)
     val = resized(val, model.image_size)
     examples = [val[i] for i in range(min(num_images, len(val)))]
     calibration = None

@@ -207,9 +207,13 @@ def add_run(run_dir, models_dir, name=None, background=None, title=None, gpu=Fal
         export.run.ExportFailed: a variant missed its parity tolerance (its report is in the folder).
     """
     from export.run import export_run
-    from kseg.training import load_run
+    from kseg import tasks
 
-    spec = load_run(run_dir)["data"]
+    info = tasks.load_run(run_dir)
+    if info.task != "semantic":
+        raise ValueError(f"`run_dir` {run_dir}: an {info.task} run; runs added here are semantic (add a Mask R-CNN "
+                         "with export_instance_model, --instance-model)")
+    spec = info.spec
     name = name or Path(run_dir).resolve().name
     out = Path(models_dir) / name
     # Phones deliver RGB: a grey model's graph converts it (rgb_input).
