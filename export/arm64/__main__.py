@@ -8,8 +8,7 @@ import argparse
 import sys
 
 from export.arm64 import cpus
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from export.edge_cli import EXIT_FAILED, EXIT_OK, bad_input
 
 
 def add_arguments(parser):
@@ -37,8 +36,7 @@ def run(models, cpu_list, runs=2, threads=1, image=None, timeout=3600.0, json_pa
     try:
         report = measure.measure(models, cpu_list, runs=runs, threads=threads, image=image, timeout=timeout)
     except (cpus.ConfigurationError, root.SetupError, ModelFileError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return bad_input(e)
     print(measure.format_report(report))
     if json_path:
         from kseg.utils import write_json
@@ -60,8 +58,7 @@ def main(argv=None):
         try:
             built = root.ensure_root()
         except root.SetupError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return bad_input(e)
         state = "built" if built.built_now else "cached"
         print(f"arm64 root {built.path} ({state}) in {time.perf_counter() - start:.1f} s")
         return EXIT_OK
