@@ -44,11 +44,10 @@ def run(output_dir="kseg-demo", threads=2, verbose=1, **train_kwargs):
     Raises:
         RunFolderBusy: another process writes `output_dir`/run.
     """
-    from kseg.training.demo import train_demo
+    from kseg.training.demo import check_settings, train_demo
     from kseg.utils.run_lock import run_lock
 
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads={threads!r}: expected an int >= 1")
+    check_settings(threads=threads, **train_kwargs)  # before the run folder is created
     start = time.monotonic()
     with run_lock(os.path.join(output_dir, "run")):
         trained = train_demo(output_dir, verbose=verbose, **train_kwargs)

@@ -120,10 +120,6 @@ def cmd_predict(args):
 def cmd_demo(args):
     from export.demo import run, summary_text
 
-    for flag, value in (("--epochs", args.epochs), ("--steps-per-epoch", args.steps_per_epoch),
-                        ("--threads", args.threads)):
-        if value < 1:
-            raise ValueError(f"{flag} {value}: expected an int >= 1")
     summary = run(args.output, threads=args.threads, verbose=0 if args.quiet else 1, epochs=args.epochs,
                   steps_per_epoch=args.steps_per_epoch, seed=args.seed)
     print(summary_text(summary))
@@ -145,8 +141,6 @@ def _tolerances(items):
 def cmd_export(args):
     from export.run import default_output_dir, export_run, markdown
 
-    if not args.run and not args.model:
-        raise ValueError("kseg export needs --run RUN (a folder written by kseg train) or --model FILE.keras.")
     report = export_run(
         args.run, args.output, variants=args.variants, model_path=args.model, image_size=args.image_size,
         images=args.images, masks=args.masks, calibration=args.calibration, num_images=args.num_images,

@@ -47,9 +47,12 @@ def test_demo_refuses_bad_lengths(tmp_path, capsys):
 
     assert cli.main(["demo", "--output", str(tmp_path / "d"), "--steps-per-epoch", "0"]) == 2
     assert "--steps-per-epoch 0: expected an int >= 1" in capsys.readouterr().err
+    assert cli.main(["demo", "--output", str(tmp_path / "d"), "--threads", "0"]) == 2
+    assert "--threads 0: expected an int >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before the run folder is made
     from kseg.training.demo import train_demo
 
-    with pytest.raises(ValueError, match="image_size=40: expected a multiple of 16"):
+    with pytest.raises(ValueError, match="`image_size` 40: expected a multiple of 16"):
         train_demo(str(tmp_path / "d"), image_size=40)
 
 

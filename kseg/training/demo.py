@@ -30,6 +30,16 @@ def demo_spec(image_size=256):
     )
 
 
+def check_settings(**settings):
+    """Raises a ValueError naming the first of `settings` (epochs, steps_per_epoch, image_size,
+    filters, threads) that is not an int >= 1, or an image_size that is not a multiple of 16."""
+    for name, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` {value!r}: expected an int >= 1")
+    if settings.get("image_size", 16) % 16:
+        raise ValueError(f"`image_size` {settings['image_size']}: expected a multiple of 16 (the U-Net pools 4 times)")
+
+
 def run_demo(output_dir="kseg-demo", **kwargs):
     """`train_demo` holding the lock of the run folder `output_dir`/run (`kseg.utils.run_lock`):
     a second demo into the same folder is refused at once. Returns `train_demo`'s dict."""
@@ -64,12 +74,7 @@ def train_demo(output_dir="kseg-demo", epochs=12, steps_per_epoch=10, image_size
     from kseg.training.predict import predict_logits
     from kseg.training.trainer import split, train
 
-    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("image_size", image_size),
-                        ("filters", filters)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}: expected an int >= 1")
-    if image_size % 16:
-        raise ValueError(f"image_size={image_size}: expected a multiple of 16 (the U-Net pools 4 times)")
+    check_settings(epochs=epochs, steps_per_epoch=steps_per_epoch, image_size=image_size, filters=filters)
     spec = demo_spec(image_size)
     run_dir = os.path.join(output_dir, "run")
     result = train(
