@@ -269,9 +269,9 @@ def detector_model(model):
     A Mask R-CNN graph is `model`'s rebuilt with `roi_align_method="gather"` (builtin ops; it
     agrees with crop_and_resize) and the same weights.
     """
-    from kseg.models import MaskFormer, MaskRCNN, TorchvisionMaskRCNN
+    from kseg.models import MaskFormer, MaskRCNN, PanopticFPN, TorchvisionMaskRCNN
 
-    if isinstance(model, (MaskRCNN, TorchvisionMaskRCNN)):
+    if isinstance(model, (MaskRCNN, PanopticFPN, TorchvisionMaskRCNN)):
         twin = type(model).from_config({**model.get_config(), "roi_align_method": "gather"})
         twin.set_weights(model.get_weights())
     elif isinstance(model, MaskFormer):  # builtin ops already

@@ -156,6 +156,27 @@ def test_detections_suppress_within_a_class_not_across_classes():
     assert np.all(np.asarray(classes[0, 3:]) == 0) and np.all(np.asarray(scores[0, 3:]) == 0)
 
 
+@pytest.mark.parametrize("layer", ["kseg", "torchvision"])
+def test_detections_decode_the_box_targets_of_training(layer):
+    """The box head's targets (targets.BOX_WEIGHTS) decode back to the ground truth in both
+    detection layers: training and inference use one set of delta weights."""
+    from kseg.models.mask_rcnn import torchvision_layers
+
+    assert torchvision_layers.BOX_WEIGHTS is targets.BOX_WEIGHTS
+    proposal = np.array([[[8.0, 10.0, 40.0, 30.0]]], "float32")
+    gt = np.array([[12.0, 6.0, 50.0, 34.0]], "float32")
+    deltas = box_ops.encode_boxes(gt, proposal[0], weights=targets.BOX_WEIGHTS)  # [1, 4]
+    deltas = np.tile(np.asarray(deltas)[None, :, None, :], (1, 1, 2, 1))  # [B, P, K = 2, 4]
+    logits = np.array([[[0.0, 9.0, 0.0]]], "float32")  # class 1
+    if layer == "kseg":
+        detect = Detections(SIZE, max_detections=2, score_threshold=0.5)
+    else:
+        detect = torchvision_layers.TorchvisionDetections(SIZE, max_detections=2, score_threshold=0.5)
+    boxes, scores, classes, num = detect(proposal, np.array([1]), logits, deltas)
+    assert int(num[0]) == 1 and int(classes[0, 0]) == 1
+    np.testing.assert_allclose(boxes[0, 0], gt[0], atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- the model
 
 
@@ -243,8 +264,8 @@ def test_resnet50_fpn_parameters_reconcile_exactly_with_torchvision():
     """
     model = MaskRCNN(num_classes=90, input_shape=(512, 512, 3), backbone="resnet50")
     count = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
-    conv_biases = count(w for w in model.pyramid.weights if "_conv" in w.path and w.path.endswith("bias"))
-    batch_norms = count(w for w in model.pyramid.weights if "_bn" in w.path)
+    conv_biases = count(w for w in model.backbone.weights if "_conv" in w.path and w.path.endswith("bias"))
+    batch_norms = count(w for w in model.backbone.weights if "_bn" in w.path)
     background_box, background_mask = 1024 * 4 + 4, 256 + 1
     assert model.count_params() == 44_529_836
     assert model.count_params() - conv_biases - batch_norms + background_box + background_mask == 44_401_393

@@ -101,3 +101,44 @@ def test_a_detector_takes_its_old_image_size_argument_and_config():
     with pytest.raises(ValueError, match="input_shape"):
         MaskFormer(num_classes=2, input_shape=(64, 64), **model_presets("maskformer")["small"])
     keras.backend.clear_session()
+
+
+def test_constructors_take_a_backbone_object_and_build_model_resolves_names():
+    from kseg.backbones import build_backbone
+
+    small = {k: v for k, v in model_presets("mask_rcnn")["small"].items() if k != "backbone"}
+    backbone = build_backbone("small", SHAPE)
+    model = MaskRCNN(num_classes=2, input_shape=SHAPE, backbone=backbone, **small)
+    assert model.backbone is backbone and model.get_config()["backbone"] == "small"
+    named = build_model("mask_rcnn", "small", num_classes=2, input_shape=SHAPE)
+    assert isinstance(named.backbone, keras.Model) and named.backbone.kind == "small"
+    with pytest.raises(ValueError, match="`backbone`.*expected \\(64, 64, 3\\) images"):
+        MaskRCNN(num_classes=2, input_shape=SHAPE, backbone=build_backbone("small", (96, 96, 3)), **small)
+    with pytest.raises(ValueError, match="backbone_weights"):
+        MaskRCNN(num_classes=2, input_shape=SHAPE, backbone=backbone, backbone_weights="imagenet", **small)
+    keras.backend.clear_session()
+
+
+def test_a_detector_config_rebuilds_its_named_backbone_at_another_size():
+    config = build_model("maskformer", "small", num_classes=2, num_stuff_classes=1, input_shape=SHAPE).get_config()
+    bigger = MaskFormer.from_config({**config, "input_shape": [96, 96, 3]})
+    assert tuple(bigger.backbone.input.shape[1:]) == (96, 96, 3)
+    keras.backend.clear_session()
+
+
+def test_panoptic_fpn_is_composed_from_a_detector_a_semantic_head_and_the_fusion():
+    from kseg.layers import PanopticFusion
+    from kseg.models.panoptic_fpn import SemanticHead, panoptic_fpn_parts
+
+    detector, head, fusion = panoptic_fpn_parts(num_classes=2, num_stuff_classes=3, input_shape=SHAPE,
+                                                semantic_channels=16, **model_presets("panoptic_fpn")["small"])
+    assert (type(detector), type(head), type(fusion)) == (MaskRCNN, SemanticHead, PanopticFusion)
+    model = PanopticFPN(detector, head, fusion)
+    assert model.detector is detector and model.semantic_head is head and model.fusion is fusion
+    assert {layer.name for layer in detector.layers} - {"image"} <= {layer.name for layer in model.layers}
+    assert fusion.stuff_categories == [3, 4, 5] and model.num_stuff_classes == 3
+    flat = PanopticFPN.from_config(model.get_config())
+    assert flat.get_config() == model.get_config()
+    with pytest.raises(ValueError, match="`semantic_head` has 4 classes; expected the 2 stuff categories"):
+        PanopticFPN(detector, head, PanopticFusion([3, 4], thing_class=0))
+    keras.backend.clear_session()

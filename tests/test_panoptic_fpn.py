@@ -84,7 +84,7 @@ def test_panoptic_output_is_the_fusion_of_the_models_own_outputs(trained):
     assert out["panoptic"].shape == (4, *SIZE)
     for i in range(4):
         ref = panoptic_fusion_numpy(out["masks"][i], out["scores"][i], out["classes"][i], out["num_detections"][i],
-                                    out["semantic_logits"][i], stuff_categories=model.stuff_categories,
+                                    out["semantic_logits"][i], stuff_categories=model.fusion.stuff_categories,
                                     thing_class=0, min_stuff_area=16)
         np.testing.assert_array_equal(out["panoptic"][i], ref["panoptic"])
         np.testing.assert_array_equal(out["segment_category"][i], ref["category"])

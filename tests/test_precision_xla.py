@@ -196,9 +196,10 @@ def dense_outputs(model, images, boxes):
     if hasattr(model, "layer_predictions"):
         return {f"{name}{i}": tensor for i, pair in enumerate(model.layer_predictions(images, training=False))
                 for name, tensor in zip(("class_logits", "mask_logits"), pair)}
-    features = model.pyramid_features(images, training=False)
-    outputs = dict(zip(("rpn_logits", "rpn_deltas"), model.rpn_head(features)))
-    outputs.update(zip(("class_logits", "box_deltas"), model.box_head(model.box_align(features, boxes))))
+    detector = getattr(model, "detector", model)  # Panoptic FPN's Mask R-CNN
+    features = detector.pyramid_features(images, training=False)
+    outputs = dict(zip(("rpn_logits", "rpn_deltas"), detector.rpn_head(features)))
+    outputs.update(zip(("class_logits", "box_deltas"), detector.box_head(detector.box_align(features, boxes))))
     if hasattr(model, "semantic_head"):
         outputs["semantic_logits"] = model.semantic_head({k: v for k, v in features.items() if k != "P6"})
     return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}

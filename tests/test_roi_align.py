@@ -14,9 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kseg.ops import roi_align as roi_align_module
-from kseg.ops.roi_align import assign_levels, roi_align
-
-METHODS = ("crop_and_resize", "gather")
+from kseg.ops.roi_align import METHODS, assign_levels, roi_align
 
 
 # --- NumPy reference ------------------------------------------------------------------------

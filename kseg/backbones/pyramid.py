@@ -44,8 +44,14 @@ def tap_strides(model, strides, height, width):
     return taps
 
 
-def build_backbone(name, input_shape, weights=None, filters=(32, 64, 128, 256)):
+DEFAULT_FILTERS = (32, 64, 128, 256)
+
+
+def build_backbone(name, input_shape, weights=None, filters=DEFAULT_FILTERS):
     """A keras.Model from an image [B, H, W, 3] (raw pixels) to {"P2": ..., "P5": ...}.
+
+    The model is a plain functional keras.Model named "{name}_backbone" (the layout of the
+    `.keras` files that hold it); its `kind` attribute keeps `name` (`backbone_config`).
 
     Args:
         name: one of BACKBONES.
@@ -53,6 +59,11 @@ def build_backbone(name, input_shape, weights=None, filters=(32, 64, 128, 256)):
         weights: None, "imagenet" or the path of keras.applications' ImageNet weights file
             (`..._notop.h5`) (keras.applications backbones).
         filters: channels of the "small" backbone's four stages.
+
+    Example:
+        >>> backbone = build_backbone("small", (64, 64, 3))
+        >>> backbone.kind, tuple(backbone.output["P5"].shape)
+        ('small', (None, 2, 2, 256))
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}.")
@@ -61,7 +72,7 @@ def build_backbone(name, input_shape, weights=None, filters=(32, 64, 128, 256)):
         raise ValueError(f"backbone input_shape must be (H, W, 3) with H and W divisible by 32; got {input_shape!r}.")
     if weights is not None and (name == "small" or name in MIT_BACKBONES):
         raise ValueError(f'`weights` is for keras.applications backbones; the {name!r} backbone has none in kseg.')
-    image = keras.Input(input_shape, name="image")
+    image = keras.Input(tuple(input_shape), name="image")
     if name == "resnet50":
         features = _resnet50(image, weights)
     elif name.startswith("mobilenet_v3"):
@@ -70,7 +81,47 @@ def build_backbone(name, input_shape, weights=None, filters=(32, 64, 128, 256)):
         features = _mix_transformer(image, name[len("mit_"):])
     else:
         features = _small(image, filters)
-    return keras.Model(image, {f"P{n}": features[n] for n in LEVELS}, name=f"{name}_backbone")
+    model = keras.Model(image, {f"P{n}": features[n] for n in LEVELS}, name=f"{name}_backbone")
+    model.kind = name if tuple(filters) == DEFAULT_FILTERS else None  # None: not rebuilt by its name alone
+    return model
+
+
+def backbone_config(backbone):
+    """How a model's config records its backbone: one of kseg's named backbones by its name
+    (the name and the model's input shape rebuild it), any other keras.Model serialized."""
+    if getattr(backbone, "kind", None) in BACKBONES:
+        return backbone.kind
+    return keras.saving.serialize_keras_object(backbone)
+
+
+def backbone_from_config(value, input_shape, weights=None):
+    """The backbone a model's config records (`backbone_config`), built for `input_shape`.
+
+    Args:
+        value: a BACKBONES name (built at `input_shape`, so a model rebuilt at another size
+            gets its backbone too), or a serialized keras.Model.
+        input_shape: (H, W, 3) of the model.
+        weights: for a name: None, "imagenet" or a keras.applications weights file.
+    """
+    if isinstance(value, str):
+        return build_backbone(value, input_shape, weights=weights)
+    if weights is not None:
+        raise ValueError(f"`backbone_weights` goes with a backbone name; got a serialized backbone and {weights!r}.")
+    return keras.saving.deserialize_keras_object(value)
+
+
+def check_backbone(backbone, input_shape, argument="backbone"):
+    """Raises ValueError unless `backbone` is a keras.Model from (H, W, 3) = `input_shape` images to
+    {"P2": ..., "P5": ...}."""
+    if not isinstance(backbone, keras.Model):
+        raise ValueError(f"`{argument}` must be a keras.Model (e.g. kseg.backbones.build_backbone(...)); "
+                         f"got {type(backbone).__name__} {backbone!r}.")
+    shape = tuple(backbone.input.shape[1:]) if not isinstance(backbone.input, (list, dict)) else None
+    outputs = backbone.output if isinstance(backbone.output, dict) else {}
+    missing = [f"P{n}" for n in LEVELS if f"P{n}" not in outputs]
+    if shape != tuple(input_shape) or missing:
+        raise ValueError(f"`{argument}` {backbone.name} takes {shape} images and gives {sorted(outputs)}; expected "
+                         f"{tuple(input_shape)} images and P2..P5 features.")
 
 
 def _resnet50(image, weights):

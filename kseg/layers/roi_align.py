@@ -3,8 +3,7 @@
 import keras
 
 from kseg.ops import roi_align as roi_align_ops
-
-METHODS = ("crop_and_resize", "gather")
+from kseg.ops.checks import check_choice
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -40,8 +39,7 @@ class ROIAlign(keras.layers.Layer):
                  max_sampling_ratio=None, **kwargs):
         kwargs.setdefault("dtype", "float32")  # box coordinates need float32 under any dtype policy
         super().__init__(**kwargs)
-        if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
+        check_choice("method", method, roi_align_ops.METHODS)
         if not isinstance(aligned, bool):
             raise ValueError(f"`aligned` must be True or False; got {aligned!r}.")
         if sampling_ratio <= 0 and (not isinstance(max_sampling_ratio, int) or max_sampling_ratio < 1):

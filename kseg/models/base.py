@@ -6,13 +6,11 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from kseg.backbones import backbone_from_config, check_backbone
+from kseg.ops.checks import check_choice  # noqa: F401 (kseg.models.unet.mobile_unet imports it from here)
+
 # Keyword arguments that kseg models forward to keras.Model.
 KERAS_MODEL_KWARGS = frozenset({"trainable", "dtype"})
-
-
-def check_choice(arg, value, choices):
-    if value not in choices:
-        raise ValueError(f"`{arg}` must be one of {tuple(choices)}; got {value!r}.")
 
 
 def detector_input_shape(input_shape, image_size, default=None):
@@ -50,6 +48,32 @@ def legacy_detector_config(config):
     config = dict(config)
     if "image_size" in config:
         config["input_shape"] = [*config.pop("image_size"), 3]
+    return config
+
+
+def named_backbone(backbone, input_shape, weights=None):
+    """`backbone` checked, or built from its name (the constructors' earlier way; None: "resnet50").
+
+    Runs under the model's dtype policy scope (the backbone's layers take its policy).
+    """
+    if backbone is None or isinstance(backbone, str):
+        backbone = backbone_from_config(backbone or "resnet50", input_shape, weights=weights)
+    elif weights is not None:
+        raise ValueError(f"`backbone_weights` goes with a backbone name; got a backbone object and {weights!r}.")
+    check_backbone(backbone, input_shape)
+    return backbone
+
+
+def detector_config_objects(config):
+    """A saved detector config as constructor arguments: `legacy_detector_config`, then the
+    backbone it records (a name or a serialized keras.Model) built as an object, at the
+    config's input shape and under its dtype policy."""
+    config = legacy_detector_config(config)
+    weights = config.pop("backbone_weights", None)
+    if "backbone" in config and not isinstance(config["backbone"], keras.Model):
+        shape = tuple(config.get("input_shape") or (512, 512, 3))
+        with dtype_policy_scope(config.get("dtype")):
+            config["backbone"] = backbone_from_config(config["backbone"], shape, weights=weights)
     return config
 
 

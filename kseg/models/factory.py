@@ -12,6 +12,7 @@ preset is a set of sizes a user picks by name (a detector's "small" for CPU trai
 "resnet50" for the paper's). This is the one place where names become objects.
 """
 
+from kseg.models.base import detector_config_objects
 from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
 from kseg.models.maskformer import SMALL_CONFIG as MASKFORMER_SMALL_CONFIG
 from kseg.models.maskformer import MaskFormer
@@ -86,7 +87,9 @@ def build_model(name, preset=None, **kwargs):
         name: one of `MODEL_NAMES`.
         preset: None (the constructor's defaults) or a name of `model_presets(name)`.
         **kwargs: constructor arguments (e.g. num_classes, input_shape; detectors: num_classes
-            counts the object classes, input_shape is (H, W, 3)).
+            counts the object classes, input_shape is (H, W, 3), `backbone` a name of
+            `kseg.backbones.BACKBONES` (default "resnet50") with `backbone_weights`, or a
+            keras.Model; Panoptic FPN: the plain values of `panoptic_fpn_parts`).
 
     Returns:
         A `keras.Model`.
@@ -105,6 +108,11 @@ def build_model(name, preset=None, **kwargs):
         raise ValueError(f"`preset`: model {name!r} has no preset {preset!r}; expected one of {expected}.")
     arguments = {**fixed, **(presets[preset] if preset is not None else {}), **kwargs}
     try:
+        if cls in (MaskRCNN, MaskFormer):
+            # A backbone name (default "resnet50") becomes its keras.Model here, at the model's input shape.
+            return cls(**detector_config_objects({"backbone": "resnet50", **arguments}))
+        if cls is PanopticFPN:
+            return PanopticFPN.from_config({"backbone": "resnet50", **arguments})
         return cls(**arguments)
     except TypeError as e:
         raise ValueError(f"model {name!r} ({cls.__name__}) rejected its arguments {sorted(kwargs)}: {e}") from e

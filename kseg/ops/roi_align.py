@@ -79,11 +79,12 @@ import numpy as np
 import tensorflow as tf
 
 from kseg.ops.boxes import _as_float32, _check_image_size, box_areas
+from kseg.ops.checks import check_choice
 from kseg.ops.crop_and_resize import crop_and_resize as _crop_and_resize
 from kseg.ops.crop_and_resize import level_canvas
 from kseg.ops.xla import compiling_with_xla
 
-METHODS = ("crop_and_resize", "gather")
+METHODS = ("crop_and_resize", "gather")  # the two implementations (roi_align); also ROIAlign's
 
 def assign_levels(boxes, min_level=2, max_level=5, canonical_size=224.0, canonical_level=4):
     """Returns the pyramid level each box is pooled from (FPN paper, eq. 1).
@@ -171,8 +172,7 @@ def roi_align(
         >>> out[0, 0, :, :, 0].numpy().tolist()  # points y in {1.25, 2.75}, x in {1, 2}
         [[6.0, 7.0], [12.0, 13.0]]
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
     if not isinstance(output_size, (int, np.integer)) or output_size < 1:
         raise ValueError(f"output_size must be an int >= 1, got {output_size!r}")
     if not isinstance(sampling_ratio, (int, np.integer)):

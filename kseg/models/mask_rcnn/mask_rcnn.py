@@ -12,28 +12,28 @@ plain `model.fit(dataset)` trains it: the dataset yields dicts {"image", "boxes"
 "masks"} (kseg.data.instances.instance_dataset), classes 0 marking padding.
 """
 
+import types
+
 import keras
 import tensorflow as tf
 
-from kseg.backbones import build_backbone
+from kseg.backbones import backbone_config
 from kseg.layers import FPN, ROIAlign
 from kseg.models.base import (
     LossDictTraining,
     SegmentationModel,
     check_kwargs,
+    detector_config_objects,
     detector_input_shape,
     dtype_policy_scope,
-    legacy_detector_config,
+    named_backbone,
 )
-from kseg.models.mask_rcnn import targets
+from kseg.models.mask_rcnn import losses
 from kseg.models.mask_rcnn.heads import BoxHead, MaskHead, RPNHead
 from kseg.models.mask_rcnn.layers import DetectedMasks, Detections, Proposals
+from kseg.models.mask_rcnn.losses import LOSSES
 from kseg.ops import boxes as box_ops
-from kseg.ops import masks as mask_ops
-from kseg.ops import nms
-from kseg.ops.replicas import global_count
 
-LOSSES = ("rpn_objectness", "rpn_box", "box_class", "box_regression", "mask")
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -43,8 +43,10 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
     Args:
         num_classes: K object classes (the background is class 0, added internally).
         input_shape: (H, W, 3), static; H and W divisible by 32 (default (512, 512, 3)).
-        backbone: "resnet50", "mobilenet_v3_large", "mobilenet_v3_small" or "small".
-        backbone_weights: None or "imagenet".
+        backbone: a keras.Model from input_shape images to {"P2": ..., "P5": ...}
+            (`kseg.backbones.build_backbone`; `kseg.models.build_model` resolves backbone names).
+            A name ("resnet50", "mobilenet_v3_large", "mobilenet_v3_small", "small"; None:
+            "resnet50") is still taken, with `backbone_weights` (None, "imagenet" or a file).
         fpn_channels: D (256).
         anchor_sizes: anchor side per level P2..P6 (32..512 px).
         aspect_ratios: anchor h/w ratios (0.5, 1, 2).
@@ -73,7 +75,7 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         self,
         num_classes,
         input_shape=None,
-        backbone="resnet50",
+        backbone=None,
         backbone_weights=None,
         fpn_channels=256,
         anchor_sizes=(32, 64, 128, 256, 512),
@@ -105,37 +107,28 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         anchors = box_ops.anchor_boxes(image_size, sizes=tuple(anchor_sizes), aspect_ratios=tuple(aspect_ratios),
                                        scales=tuple(anchor_scales))
         with dtype_policy_scope(kwargs.get("dtype")):
-            pyramid = build_backbone(backbone, image_size + (3,), weights=backbone_weights)
+            backbone = named_backbone(backbone, input_shape, backbone_weights)
             fpn = FPN(fpn_channels, name="fpn")
             rpn_head = RPNHead(len(aspect_ratios) * len(anchor_scales), fpn_channels, name="rpn_head")
             box_align = ROIAlign(7, image_size, method=roi_align_method, name="box_roi_align")
             mask_align = ROIAlign(14, image_size, method=roi_align_method, name="mask_roi_align")
             box_head = BoxHead(num_classes, box_fc_dim, name="box_head")
             mask_head = MaskHead(num_classes, mask_channels, name="mask_head")
-            proposals_test = Proposals(anchors, image_size, rpn_pre_nms_topk[1], rpn_post_nms_topk[1], rpn_nms_iou,
-                                       name="proposals")
+            proposals = Proposals(anchors, image_size, rpn_pre_nms_topk[1], rpn_post_nms_topk[1], rpn_nms_iou,
+                                  name="proposals")
             detections = Detections(image_size, max_detections, score_threshold, detection_nms_iou, name="detections")
             detected_masks = DetectedMasks(image_size, paste=paste_masks, name="masks")
-
-            image = keras.Input(image_size + (3,), name="image")
-            features = fpn(pyramid(image))
-            logits, deltas = rpn_head(features)
-            proposals, num_proposals = proposals_test(logits, deltas)
-            class_logits, box_deltas = box_head(box_align(features, proposals))
-            boxes, scores, classes, num = detections(proposals, num_proposals, class_logits, box_deltas)
-            masks = detected_masks(mask_head(mask_align(features, boxes)), classes, boxes)
-            outputs = {"boxes": boxes, "scores": scores, "classes": classes, "masks": masks, "num_detections": num}
-            extra_layers = {}
-            outputs.update(self._extra_outputs(image, features, outputs, extra_layers))
+            parts = types.SimpleNamespace(backbone=backbone, fpn=fpn, rpn_head=rpn_head, proposals=proposals,
+                                          box_align=box_align, box_head=box_head, detections=detections,
+                                          mask_align=mask_align, mask_head=mask_head, detected_masks=detected_masks)
+            image = keras.Input(input_shape, name="image")
+            _, outputs = _detect(parts, image)
         super().__init__(inputs=image, outputs=outputs, name=name, **kwargs)
-        for attribute, layer in extra_layers.items():
-            setattr(self, attribute, layer)
 
         self.num_classes = num_classes
         self.image_shape = input_shape  # keras.Model's `input_shape` is the graph's, with the batch
         self.image_size = image_size  # (H, W)
         self.backbone = backbone
-        self.backbone_weights = backbone_weights
         self.fpn_channels = fpn_channels
         self.anchor_sizes = tuple(anchor_sizes)
         self.aspect_ratios = tuple(aspect_ratios)
@@ -155,23 +148,25 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         self.roi_align_method = roi_align_method
         self.paste_masks = paste_masks
 
-        # The pieces train_step runs (the same layer objects as in the graph above).
+        # The pieces of the graph above (train_step and `detect` run the same layer objects).
         self.anchors = anchors
-        self.pyramid, self.fpn, self.rpn_head = pyramid, fpn, rpn_head
+        self.fpn, self.rpn_head, self.proposals = fpn, rpn_head, proposals
         self.box_align, self.mask_align = box_align, mask_align
         self.box_head, self.mask_head = box_head, mask_head
+        self.detections, self.detected_masks = detections, detected_masks
         self.proposals_train = Proposals(anchors, image_size, rpn_pre_nms_topk[0], rpn_post_nms_topk[0], rpn_nms_iou,
                                          name="proposals_train")
         self._init_loss_trackers()
 
-    def _extra_outputs(self, image, features, outputs, layers):
-        """Hook for models built on Mask R-CNN (Panoptic FPN): more heads on the same FPN.
+    def detect(self, image):
+        """The inference graph on a symbolic `image` [B, H, W, 3], with this model's layers.
 
-        Called while the graph is built, before keras.Model's constructor: create the layers
-        here, put them in `layers` ({attribute name: layer}; they are set on the model
-        afterwards) and return {output name: tensor}.
+        Returns:
+            (features, outputs): the FPN levels {"P2": ..., "P6": ...} and the detections
+            {"boxes", "scores", "classes", "masks", "num_detections"} (module docstring). Models
+            composed from a Mask R-CNN (Panoptic FPN) build their graph on these.
         """
-        return {}
+        return _detect(self, image)
 
     @classmethod
     def loss_names(cls):
@@ -186,54 +181,13 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
     def pyramid_features(self, images, training=True):
         """Images -> the FPN levels {"P2": ..., "P6": ...} (float32)."""
         images = tf.cast(images, self.compute_dtype)
-        features = self.fpn(self.pyramid(images, training=training), training=training)
+        features = self.fpn(self.backbone(images, training=training), training=training)
         return {k: tf.cast(v, tf.float32) for k, v in features.items()}
 
     def detection_losses(self, features, batch):
-        """The RPN, box and mask losses from the FPN levels and padded ground truth."""
-        images = batch["image"]
-        gt_boxes = tf.cast(batch["boxes"], tf.float32)
-        gt_classes = tf.cast(batch["classes"], tf.int32)
-        logits, deltas = self.rpn_head(features)
-        logits, deltas = tf.cast(logits, tf.float32), tf.cast(deltas, tf.float32)
-
-        seeds = batch.get("seed")  # each example's own sampling seed (see targets.sampling_noise)
-        rpn = targets.rpn_targets(self.anchors, gt_boxes, gt_classes, num_samples=self.rpn_batch_size,
-                                  positive_fraction=self.rpn_positive_fraction, seeds=seeds)
-        sampled = tf.cast(rpn["positive"] | rpn["negative"], tf.float32)
-        positive = tf.cast(rpn["positive"], tf.float32)
-        normalizer = tf.cast(tf.shape(images)[0] * self.rpn_batch_size, tf.float32)
-        objectness = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=logits)
-        rpn_box = _smooth_l1(deltas - tf.stop_gradient(rpn["deltas"]), beta=1.0 / 9.0)
-
-        proposals, num_proposals = self.proposals_train(logits, deltas)
-        valid = nms.valid_mask(num_proposals, proposals.shape[1])
-        rois = targets.roi_targets(proposals, valid, gt_boxes, gt_classes, num_samples=self.roi_batch_size,
-                                   positive_fraction=self.roi_positive_fraction, seeds=seeds)
-        class_logits, box_deltas = self.box_head(self.box_align(features, rois["rois"]))
-        class_logits, box_deltas = tf.cast(class_logits, tf.float32), tf.cast(box_deltas, tf.float32)
-        roi_valid = tf.cast(rois["valid"], tf.float32)
-        roi_count = tf.maximum(global_count(tf.reduce_sum(roi_valid)), 1.0)
-        box_class = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rois["classes"], logits=class_logits)
-        own = tf.gather(box_deltas, tf.maximum(rois["classes"] - 1, 0), batch_dims=2)  # [B, S, 4]
-        foreground = tf.cast(rois["foreground"], tf.float32)
-        box_regression = _smooth_l1(own - rois["deltas"], beta=1.0)
-
-        slots = rois["num_foreground_slots"]
-        fg_rois, fg_classes = rois["rois"][:, :slots], rois["classes"][:, :slots]
-        mask_logits = tf.cast(self.mask_head(self.mask_align(features, fg_rois)), tf.float32)
-        own_mask = mask_ops.class_masks(mask_logits, fg_classes)
-        mask_target = targets.mask_targets(batch["masks"], fg_rois, rois["matched"][:, :slots], own_mask.shape[-1])
-        mask_bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=mask_target, logits=own_mask), [2, 3])
-        fg_slots = foreground[:, :slots]
-        return {
-            "rpn_objectness": tf.reduce_sum(objectness * sampled) / normalizer,
-            "rpn_box": tf.reduce_sum(rpn_box * positive[..., None]) / normalizer,
-            "box_class": tf.reduce_sum(box_class * roi_valid) / roi_count,
-            "box_regression": tf.reduce_sum(box_regression * foreground[..., None]) / roi_count,
-            "mask": tf.reduce_sum(mask_bce * fg_slots) / tf.maximum(global_count(tf.reduce_sum(fg_slots)), 1.0),
-        }
-
+        """The RPN, box and mask losses from the FPN levels and padded ground truth (`losses`)."""
+        return losses.detection_losses(self, features, batch["boxes"], batch["classes"], batch["masks"],
+                                       seeds=batch.get("seed"))
 
     # ------------------------------------------------------------------------- config
 
@@ -241,8 +195,7 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         return {
             "num_classes": self.num_classes,
             "input_shape": list(self.image_shape),
-            "backbone": self.backbone,
-            "backbone_weights": None,  # the weights are in the saved file: a reload never fetches them again
+            "backbone": backbone_config(self.backbone),
             "fpn_channels": self.fpn_channels,
             "anchor_sizes": list(self.anchor_sizes),
             "aspect_ratios": list(self.aspect_ratios),
@@ -266,7 +219,7 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**legacy_detector_config(config))
+        return cls(**detector_config_objects(config))
 
 
 # A configuration for tests, demos and CPU training on 128-256 px images.
@@ -284,7 +237,12 @@ SMALL_CONFIG = {
 }
 
 
-def _smooth_l1(diff, beta):
-    """Elementwise smooth L1 (Huber / beta): 0.5 x^2 / beta below beta, |x| - beta / 2 above."""
-    absolute = tf.abs(diff)
-    return tf.where(absolute < beta, 0.5 * diff * diff / beta, absolute - 0.5 * beta)
+def _detect(parts, image):
+    """Mask R-CNN's inference graph on `image` with `parts` (an object with the layers as attributes)."""
+    features = parts.fpn(parts.backbone(image))
+    logits, deltas = parts.rpn_head(features)
+    proposals, num_proposals = parts.proposals(logits, deltas)
+    class_logits, box_deltas = parts.box_head(parts.box_align(features, proposals))
+    boxes, scores, classes, num = parts.detections(proposals, num_proposals, class_logits, box_deltas)
+    masks = parts.detected_masks(parts.mask_head(parts.mask_align(features, boxes)), classes, boxes)
+    return features, {"boxes": boxes, "scores": scores, "classes": classes, "masks": masks, "num_detections": num}

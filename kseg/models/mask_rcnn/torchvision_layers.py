@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kseg.models.mask_rcnn.targets import BOX_WEIGHTS
 from kseg.ops import boxes as box_ops
 from kseg.ops import masks as mask_ops
 from kseg.ops import nms
@@ -35,7 +36,6 @@ from kseg.ops import nms
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
-BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
 
 def resized_size(original_size, min_size=800, max_size=1333):

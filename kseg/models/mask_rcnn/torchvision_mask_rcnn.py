@@ -46,10 +46,10 @@ import tensorflow as tf
 from kseg.backbones.torchvision_resnet import torchvision_resnet50
 from kseg.layers import FPN, ROIAlign
 from kseg.models.base import LossDictTraining, SegmentationModel, detector_input_shape, legacy_detector_config
-from kseg.models.mask_rcnn import targets
+from kseg.models.mask_rcnn import losses
 from kseg.models.mask_rcnn.heads import BoxHead, MaskHead, RPNHead
 from kseg.models.mask_rcnn.layers import DetectedMasks
-from kseg.models.mask_rcnn.mask_rcnn import LOSSES, _smooth_l1
+from kseg.models.mask_rcnn.losses import LOSSES
 from kseg.models.mask_rcnn.torchvision_layers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -61,9 +61,6 @@ from kseg.models.mask_rcnn.torchvision_layers import (
     resized_size,
 )
 from kseg.ops import boxes as box_ops
-from kseg.ops import masks as mask_ops
-from kseg.ops import nms
-from kseg.ops.replicas import global_count
 
 COCO_CLASSES = 90  # torchvision's 91 outputs less the background
 
@@ -204,48 +201,10 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
         features = {k: tf.cast(v, tf.float32) for k, v in self.pyramid_features(batch["image"], training).items()}
         to_resized = np.float32(self.resized_size) / np.float32(self.image_size)  # (sy, sx)
         box_scale = tf.constant(np.tile(to_resized, 2), tf.float32)
-        gt_boxes = tf.cast(batch["boxes"], tf.float32) * box_scale
-        gt_classes = tf.cast(batch["classes"], tf.int32)
-        seeds = batch.get("seed")  # each example's own sampling seed (targets.sampling_noise)
-        logits, deltas = (tf.cast(t, tf.float32) for t in self.rpn_head(features))
-
-        rpn = targets.rpn_targets(self.anchors, gt_boxes, gt_classes, num_samples=self.rpn_batch_size,
-                                  positive_fraction=self.rpn_positive_fraction, seeds=seeds)
-        sampled = tf.cast(rpn["positive"] | rpn["negative"], tf.float32)
-        positive = tf.cast(rpn["positive"], tf.float32)
-        normalizer = tf.cast(tf.shape(gt_boxes)[0] * self.rpn_batch_size, tf.float32)
-        objectness = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=logits)
-        rpn_box = _smooth_l1(deltas - tf.stop_gradient(rpn["deltas"]), beta=1.0 / 9.0)
-
-        proposals, num_proposals = self.proposals_train(tf.stop_gradient(logits), tf.stop_gradient(deltas))
-        valid = nms.valid_mask(num_proposals, proposals.shape[1])
-        rois = targets.roi_targets(proposals, valid, gt_boxes, gt_classes, num_samples=self.roi_batch_size,
-                                   positive_fraction=self.roi_positive_fraction, seeds=seeds)
-        heads = self.box_head(self.box_align(features, rois["rois"]))
-        class_logits, box_deltas = (tf.cast(t, tf.float32) for t in heads)
-        roi_valid = tf.cast(rois["valid"], tf.float32)
-        roi_count = tf.maximum(global_count(tf.reduce_sum(roi_valid)), 1.0)
-        box_class = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rois["classes"], logits=class_logits)
-        own = tf.gather(box_deltas, tf.maximum(rois["classes"] - 1, 0), batch_dims=2)  # [B, S, 4]
-        foreground = tf.cast(rois["foreground"], tf.float32)
-        box_regression = _smooth_l1(own - rois["deltas"], beta=1.0)
-
-        slots = rois["num_foreground_slots"]
-        fg_rois, fg_classes = rois["rois"][:, :slots], rois["classes"][:, :slots]
-        mask_logits = tf.cast(self.mask_head(self.mask_align(features, fg_rois)), tf.float32)
-        own_mask = mask_ops.class_masks(mask_logits, fg_classes)
-        # The ROIs back in original-image pixels, where the ground-truth masks are.
-        mask_target = targets.mask_targets(batch["masks"], fg_rois / box_scale, rois["matched"][:, :slots],
-                                           own_mask.shape[-1])
-        mask_bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=mask_target, logits=own_mask), [2, 3])
-        fg_slots = foreground[:, :slots]
-        return {
-            "rpn_objectness": tf.reduce_sum(objectness * sampled) / normalizer,
-            "rpn_box": tf.reduce_sum(rpn_box * positive[..., None]) / normalizer,
-            "box_class": tf.reduce_sum(box_class * roi_valid) / roi_count,
-            "box_regression": tf.reduce_sum(box_regression * foreground[..., None]) / roi_count,
-            "mask": tf.reduce_sum(mask_bce * fg_slots) / tf.maximum(global_count(tf.reduce_sum(fg_slots)), 1.0),
-        }
+        # Boxes in the resized image (the anchors'); the masks stay in original-image pixels.
+        return losses.detection_losses(self, features, tf.cast(batch["boxes"], tf.float32) * box_scale,
+                                       batch["classes"], batch["masks"], seeds=batch.get("seed"),
+                                       mask_scale=box_scale, stop_proposal_gradient=True)
 
     def get_config(self):
         return {

@@ -22,14 +22,15 @@ plain `model.fit(dataset)` trains it.
 import keras
 import tensorflow as tf
 
-from kseg.backbones import build_backbone
+from kseg.backbones import backbone_config
 from kseg.models.base import (
     LossDictTraining,
     SegmentationModel,
     check_kwargs,
+    detector_config_objects,
     detector_input_shape,
     dtype_policy_scope,
-    legacy_detector_config,
+    named_backbone,
 )
 from kseg.models.maskformer.heads import MaskClassificationInference, PixelDecoder, PredictionHeads, TransformerDecoder
 from kseg.models.maskformer.losses import panoptic_targets, set_prediction_losses
@@ -48,8 +49,9 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         num_stuff_classes: S stuff categories K_things + 1 .. K_things + S (0: things only).
             K = K_things + S classes are predicted, plus "no object".
         input_shape: (H, W, 3), static; H and W divisible by 32 (default (512, 512, 3)).
-        backbone: a `kseg.backbones.build_backbone` name ("resnet50", ..., "small").
-        backbone_weights: None or "imagenet".
+        backbone: a keras.Model from input_shape images to {"P2": ..., "P5": ...}
+            (`kseg.backbones.build_backbone`; `kseg.models.build_model` resolves backbone names).
+            A name (None: "resnet50") is still taken, with `backbone_weights` (None, "imagenet").
         num_queries: N (100).
         hidden_dim: D, the transformer width (256).
         num_layers: transformer decoder layers (6).
@@ -76,7 +78,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         num_classes,
         num_stuff_classes=0,
         input_shape=None,
-        backbone="resnet50",
+        backbone=None,
         backbone_weights=None,
         num_queries=100,
         hidden_dim=256,
@@ -109,7 +111,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         input_shape = detector_input_shape(input_shape, image_size, default=(512, 512, 3))
         image_size = input_shape[:2]
         with dtype_policy_scope(kwargs.get("dtype")):
-            pyramid = build_backbone(backbone, image_size + (3,), weights=backbone_weights)
+            backbone = named_backbone(backbone, input_shape, backbone_weights)
             pixel_decoder = PixelDecoder(pixel_decoder_channels, mask_dim, name="pixel_decoder")
             transformer_decoder = TransformerDecoder(num_queries, hidden_dim, num_layers, num_heads, ffn_dim, dropout,
                                                      name="transformer_decoder")
@@ -117,8 +119,8 @@ class MaskFormer(LossDictTraining, SegmentationModel):
             inference = MaskClassificationInference(image_size, num_classes, object_threshold, overlap_threshold,
                                                     mask_threshold, min_area, name="inference")
 
-            image = keras.Input(image_size + (3,), name="image")
-            features = pyramid(image)
+            image = keras.Input(input_shape, name="image")
+            features = backbone(image)
             pixel_embed = pixel_decoder(features)
             queries = transformer_decoder(features["P5"])
             class_logits, mask_logits = heads(queries[-1], pixel_embed)
@@ -134,7 +136,6 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         self.image_shape = input_shape  # keras.Model's `input_shape` is the graph's, with the batch
         self.image_size = image_size  # (H, W)
         self.backbone = backbone
-        self.backbone_weights = backbone_weights
         self.num_queries = num_queries
         self.hidden_dim = hidden_dim
         self.num_layers = num_layers
@@ -154,7 +155,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         self.min_area = min_area
 
         # The pieces train_step runs (the same layer objects as in the graph above).
-        self.pyramid, self.pixel_decoder, self.transformer_decoder = pyramid, pixel_decoder, transformer_decoder
+        self.pixel_decoder, self.transformer_decoder = pixel_decoder, transformer_decoder
         self.heads = heads
         self._init_loss_trackers()
 
@@ -169,7 +170,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
     def layer_predictions(self, images, training=True):
         """Images -> [(class_logits [B, N, K + 1], mask_logits [B, P, N]), ...], one pair per
         decoder layer (the last layer only without deep supervision), float32."""
-        features = self.pyramid(tf.cast(images, self.compute_dtype), training=training)
+        features = self.backbone(tf.cast(images, self.compute_dtype), training=training)
         pixel_embed = self.pixel_decoder(features, training=training)
         queries = self.transformer_decoder(features["P5"], training=training)
         if not self.deep_supervision:
@@ -199,8 +200,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
             "num_classes": self.num_classes,
             "num_stuff_classes": self.num_stuff_classes,
             "input_shape": list(self.image_shape),
-            "backbone": self.backbone,
-            "backbone_weights": None,  # the weights are in the saved file: a reload never fetches them again
+            "backbone": backbone_config(self.backbone),
             "num_queries": self.num_queries,
             "hidden_dim": self.hidden_dim,
             "num_layers": self.num_layers,
@@ -223,7 +223,7 @@ class MaskFormer(LossDictTraining, SegmentationModel):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**legacy_detector_config(config))
+        return cls(**detector_config_objects(config))
 
 
 # A configuration for tests, demos and CPU training on 64-256 px images.

@@ -16,7 +16,8 @@ transpose of fixed shapes, BATCH_MATMUL, SOFTMAX, GELU, bilinear resize, concat.
 import keras
 from keras import layers
 
-from kseg.models.base import SegmentationModel, check_choice, check_kwargs, dtype_policy_scope
+from kseg.models.base import SegmentationModel, check_kwargs, dtype_policy_scope
+from kseg.ops.checks import check_choice
 from kseg.backbones.mix_transformer import MIT_CONFIGS, STRIDES, encoder_name, mix_transformer, stage_widths_and_depths
 from kseg.models.unet import blocks
 

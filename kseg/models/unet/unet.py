@@ -9,7 +9,8 @@ import keras
 from keras import layers
 
 from kseg.models.unet import blocks
-from kseg.models.base import SegmentationModel, check_choice, check_kwargs, dtype_policy_scope
+from kseg.models.base import SegmentationModel, check_kwargs, dtype_policy_scope
+from kseg.ops.checks import check_choice
 
 
 @keras.saving.register_keras_serializable(package="kseg")
