@@ -35,8 +35,7 @@ GPU_IMAGES = 2  # SwiftShader emulates the GPU on the CPU: slow, and only correc
 
 def image_pairs(image_dir, mask_dir=None):
     """[(image path, mask path or None)] of a folder of images (and masks paired by stem)."""
-    from kseg.data import find_pairs
-    from kseg.data.errors import DataError
+    from kseg.data import DataError, find_pairs
 
     if mask_dir is not None:
         return find_pairs(image_dir, mask_dir)
@@ -63,7 +62,8 @@ def load_examples(pairs, *, image_size, channels, remap=None, limit=None):
     Returns:
         {"images": uint8 [N, H, W, C], "masks": int32 [N, H, W] or None, "names": [str]}.
     """
-    from kseg.data.folder import apply_remap, open_image, read_mask, remap_table
+    from kseg.data import apply_remap, read_mask, remap_table
+    from kseg.data.folder import open_image
 
     pairs = list(pairs)
     if limit is not None and not (isinstance(limit, int) and limit >= 1):
