@@ -181,6 +181,19 @@ def chart(rows, path):
     fig.savefig(path, dpi=110)
 
 
+def effect_picture(model, image_path, out_path, width=320):
+    """The photo, then kseg's "blur" and "replace" AR effects (export.effects) from `model`, side by side."""
+    from export.effects import apply_effect
+
+    image = Image.open(image_path).convert("RGB")
+    image = image.resize((width, round(image.height * width / image.width)), Image.BILINEAR)
+    person = 1 / (1 + np.exp(-model.invoke(model.prepare(image))))  # P(person) at the model's size
+    scores = np.stack([1 - person, person], -1)
+    frame = np.asarray(image)
+    panels = [frame] + [apply_effect(frame, scores, effect) for effect in ("blur", "replace")]
+    Image.fromarray(np.concatenate(panels, axis=1)).save(out_path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kseg", nargs="+", required=True, help="kseg person .tflite files (kseg export)")
@@ -188,11 +201,19 @@ def main():
                         help="folder for the mediapipe wheel and the model read out of it (never committed)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--picture", nargs=2, metavar=("PHOTO", "OUT.png"),
+                        help="also draw the first --kseg model's blur and replace effects on PHOTO (use a photo "
+                             "you may redistribute, e.g. from coco128-seg; never one of person-segmentation)")
     args = parser.parse_args()
 
     val = load_val(require_shared("person-segmentation", "val"))
     mp_path = mediapipe_model(args.cache)
     models = [Model(Path(p).stem, p, "kseg") for p in args.kseg] + [Model("mediapipe_selfie", mp_path, "mediapipe")]
+    if args.picture:
+        if "person-segmentation" in str(Path(args.picture[0]).resolve()):
+            raise ValueError(f"--picture {args.picture[0]}: the person-segmentation photos have no licence to "
+                             "redistribute; use another photo (e.g. ../shared/data/coco128-seg)")
+        effect_picture(models[0], *args.picture)
     # MediaPipe's graph scales pixels to [0, 1]; [-1, 1] is the other common convention: score both.
     check = {"[0, 1]": None, "[-1, 1]": accuracy(Model("mp", mp_path, "mediapipe", (-1.0, 1.0)), val)["person_iou_mean"]}
     scores = {m.name: accuracy(m, val) for m in models}
