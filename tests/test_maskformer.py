@@ -238,7 +238,11 @@ def test_a_mix_transformer_backbone_builds_and_trains_a_step():
     examples = panoptic_shapes_examples(2, seed=1, image_size=(64, 64))
     dataset = instance_dataset(examples, image_size=(64, 64), max_instances=6, batch_size=2, semantic=True,
                                repeat=False, shuffle=False)
-    testing.check_loss_dict_fit_one_step(model, dataset, keras.optimizers.Adam(1e-3))
+    # The first decoder layer's self-attention reads the zero-initialized queries (DETR's tgt = 0):
+    # its query, key and value projections, and the scale of the LayerNorm after it (which sees
+    # the same vector at every query), get no gradient.
+    testing.check_loss_dict_fit_one_step(model, dataset, keras.optimizers.Adam(1e-3), still=(
+        "transformer_decoder/layer0/self_attention/", "transformer_decoder/layer0/norm0/gamma"))
 
 
 @pytest.mark.slow
