@@ -6,7 +6,7 @@ instruction counts can be compared with a stored baseline.
     unet_{fp32,fp16,dynamic,int8}.tflite   the `kseg demo` ISBI U-Net (16 base filters,
         batch norm, one grey channel, 2 classes) at size x size, uint8 input (a camera frame
         as it is), logits out; int8 calibrated on the embedded ISBI images
-    mask_rcnn_fp32.tflite   a small Mask R-CNN (SMALL_CONFIG, the synthetic shapes' classes)
+    mask_rcnn_fp32.tflite   a small Mask R-CNN (the "small" preset, the synthetic shapes' classes)
         through export.tflite.detector_tflite (builtin ops, NMS in the graph)
 
 Weights are initial (seeded) weights, not trained ones: instruction counts depend on the graph
@@ -65,10 +65,10 @@ def export_mask_rcnn(folder, size=64, seed=0):
 
     from export.tflite import detector_tflite
     from kseg.data.shapes import SHAPE_CATEGORIES
-    from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+    from kseg.models import build_model
 
     keras.utils.set_random_seed(seed)
-    model = MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=(size, size), **SMALL_CONFIG)
+    model = build_model("mask_rcnn", "small", num_classes=len(SHAPE_CATEGORIES), input_shape=(size, size, 3))
     model(np.zeros((1, size, size, 3), np.float32))
     path = Path(folder) / "mask_rcnn_fp32.tflite"
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

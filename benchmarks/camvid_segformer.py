@@ -81,8 +81,7 @@ def train_maskformer(spec, kwargs, learning_rate, args):
 
     from kseg.training.callbacks import TimeBudget
     from kseg.training.evaluate import evaluate_model
-    from kseg.models.maskformer import MaskFormer
-    from kseg.training.panoptic import MASKFORMER_CONFIGS
+    from kseg.models import build_model
     from kseg.training.trainer import build_schedule, load_splits, make_datasets
 
     train_pairs, val_pairs, _ = load_splits(spec)
@@ -98,8 +97,8 @@ def train_maskformer(spec, kwargs, learning_rate, args):
                 "masks": tf.zeros([batch, 1, height, width], tf.uint8), "num_instances": tf.zeros([batch], tf.int32)}
 
     keras.utils.set_random_seed(0)
-    model = MaskFormer(num_classes=0, num_stuff_classes=spec.num_classes, image_size=spec.image_size,
-                       **{**MASKFORMER_CONFIGS["small"], **kwargs})
+    model = build_model("maskformer", "small", num_classes=0, num_stuff_classes=spec.num_classes,
+                        input_shape=(*spec.image_size, 3), **kwargs)
     steps = len(train_pairs) // args.batch_size
     model.compile(optimizer=keras.optimizers.Adam(build_schedule("cosine", learning_rate, args.epochs * steps),
                                                   clipnorm=10.0))

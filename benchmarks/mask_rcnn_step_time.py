@@ -32,16 +32,16 @@ def main():
 
     from kseg.data.instances import instance_dataset
     from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
-    from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+    from kseg.models import build_model
 
     examples = shapes_dataset_examples(args.batch_size, seed=0, image_size=SIZE, min_size=48)
     batch = next(iter(instance_dataset(examples, image_size=SIZE, max_instances=16, batch_size=args.batch_size,
                                        shuffle=False, flip=False)))
-    configs = {"small": SMALL_CONFIG, "resnet50_fpn": {"backbone": "resnet50"}}
+    configs = {"small": "small", "resnet50_fpn": "resnet50"}  # model_presets("mask_rcnn")
     models, train_fns, infer_fns = {}, {}, {}
     for name, config in configs.items():
         keras.utils.set_random_seed(0)
-        model = MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=SIZE, **config)
+        model = build_model("mask_rcnn", config, num_classes=len(SHAPE_CATEGORIES), input_shape=(*SIZE, 3))
         model.compile(optimizer=keras.optimizers.SGD(0.001))
         model.make_train_function()
         models[name] = model

@@ -57,7 +57,7 @@ def main():
     trained = keras.models.load_model(args.model)
     rows = []
     for size in args.sizes:
-        model = PanopticFPN.from_config({**trained.get_config(), "image_size": (size, size)})
+        model = PanopticFPN.from_config({**trained.get_config(), "input_shape": (size, size, 3)})
         model.set_weights(trained.get_weights())
         started = time.perf_counter()
         content = detector_tflite(model)

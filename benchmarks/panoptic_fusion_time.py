@@ -144,8 +144,7 @@ def panoptic_fpn(args):
 
     from benchmarks.panoptic_fusion_unrolled import unrolled_panoptic_fusion
     from export.tflite import detector_tflite, panoptic_agreement
-    from kseg.models.mask_rcnn import SMALL_CONFIG
-    from kseg.models.panoptic_fpn import PanopticFPN
+    from kseg.models import build_model, model_presets
     from kseg.ops import panoptic_fusion as fusion_ops
 
     keras.utils.set_random_seed(0)
@@ -157,7 +156,8 @@ def panoptic_fpn(args):
         fusion_ops.panoptic_fusion = fuse
         try:
             keras.utils.set_random_seed(0)
-            model = PanopticFPN(num_classes=3, num_stuff_classes=3, image_size=(size, size), **SMALL_CONFIG)
+            model = build_model("panoptic_fpn", "small", num_classes=3, num_stuff_classes=3,
+                                input_shape=(size, size, 3))
             content = detector_tflite(model)
         finally:
             fusion_ops.panoptic_fusion = original
@@ -165,7 +165,7 @@ def panoptic_fpn(args):
         runners[f"panoptic_fpn_{graph}"] = lambda r=runner: r(image=image)
         maps[graph] = runner(image=image)["panoptic"][0]
     times = _interleaved(runners, args.runs)
-    row = {"size": size, "detections": SMALL_CONFIG["max_detections"],
+    row = {"size": size, "detections": model_presets("panoptic_fpn")["small"]["max_detections"],
            **_summary(times, "panoptic_fpn_old", "panoptic_fpn_new"),
            "panoptic_agreement": float(panoptic_agreement(maps["old"], maps["new"]))}
     return row, times

@@ -61,7 +61,7 @@ def main():
     import kseg.ops.roi_align as roi_align
     from kseg.data.instances import instance_dataset
     from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
-    from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+    from kseg.models import build_model
 
     size = (args.size, args.size)
     examples = shapes_dataset_examples(args.batch_size, seed=0, image_size=size, min_size=args.size // 8)
@@ -72,7 +72,7 @@ def main():
     for name, crop in crops.items():
         roi_align._crop_and_resize = crop  # read when the training graph is traced, just below
         keras.utils.set_random_seed(0)
-        model = MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=size, **SMALL_CONFIG)
+        model = build_model("mask_rcnn", "small", num_classes=len(SHAPE_CATEGORIES), input_shape=(*size, 3))
         model.compile(optimizer=keras.optimizers.SGD(0.001))
         model.make_train_function()
         steps[name] = lambda m=model: float(m.train_function(iter([batch]))["loss"])

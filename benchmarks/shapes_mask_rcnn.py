@@ -36,7 +36,7 @@ def main():
 
     from kseg.data.instances import instance_dataset
     from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
-    from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+    from kseg.models import build_model, model_presets
     from kseg.training.instance import evaluate_instance_model
     from kseg.viz import save_line_chart
 
@@ -46,7 +46,7 @@ def main():
     val = shapes_dataset_examples(args.val, seed=2, **shape_kwargs)
     data = instance_dataset(train, image_size=size, max_instances=args.max_instances, batch_size=args.batch_size)
     keras.utils.set_random_seed(0)
-    model = MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=size, **SMALL_CONFIG)
+    model = build_model("mask_rcnn", "small", num_classes=len(SHAPE_CATEGORIES), input_shape=(*size, 3))
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate, clipnorm=10.0))
 
     curve, started, epoch = [], time.perf_counter(), 0
@@ -64,7 +64,7 @@ def main():
     results = {
         "machine": machine(), "image_size": list(size), "train_images": args.train, "val_images": args.val,
         "batch_size": args.batch_size, "budget_seconds": args.budget, "params": model.count_params(),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL_CONFIG.items()},
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in model_presets("mask_rcnn")["small"].items()},
         "final": final, "curve": curve,
         "evaluation_seconds_excluded": "the seconds column is wall time including evaluation",
     }
