@@ -6,6 +6,8 @@ maps, single pixels and huge values. Each property holds for every input, so a f
 the smallest input that breaks it.
 """
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from kseg.metrics import PanopticQuality
 from kseg.ops import boxes as box_ops
+from kseg.ops import panoptic_fusion as fusion_ops
 from kseg.ops.panoptic_fusion import panoptic_fusion, panoptic_fusion_numpy
 from kseg.ops.roi_align import roi_align
 
@@ -206,6 +209,19 @@ def test_fusion_ids_areas_and_table_are_consistent(case):
     assert np.isfinite(out["score"]).all()
     reference = panoptic_fusion_numpy(masks, scores, classes, num, logits, **options)
     np.testing.assert_array_equal(ids, reference["panoptic"])
+
+
+@SETTINGS
+@given(fusion_inputs(), st.sampled_from([1, 2]))
+def test_fusion_in_small_blocks_equals_the_reference(case, block):
+    # step 2 takes BLOCK slots per pixel histogram: with 1 or 2 the slots span several blocks
+    masks, scores, classes, num, logits, options = case
+    with mock.patch.object(fusion_ops, "BLOCK", block):
+        out = {k: np.asarray(v) for k, v in panoptic_fusion(masks, scores, classes, num, logits, **options).items()}
+    reference = panoptic_fusion_numpy(masks, scores, classes, num, logits, **options)
+    for key in ("panoptic", "category", "is_thing", "area", "num_segments"):
+        np.testing.assert_array_equal(out[key], reference[key], err_msg=key)
+    np.testing.assert_allclose(out["score"], reference["score"], rtol=1e-5, atol=1e-6)
 
 
 def test_fully_hidden_instances_are_no_segments_even_at_overlap_threshold_zero():

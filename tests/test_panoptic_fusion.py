@@ -2,6 +2,7 @@
 the PanopticFusion layer's config, and builtin-only TFLite export with exact LiteRT parity."""
 
 import doctest
+from unittest import mock
 
 import keras
 import numpy as np
@@ -230,6 +231,33 @@ def test_op_matches_numpy_reference(case):
     assert got["panoptic"].max() <= got["num_segments"]
 
 
+@settings(max_examples=30, deadline=None)
+@given(fusion_inputs(), st.sampled_from([1, 2, 3]))
+def test_op_matches_numpy_reference_across_blocks(case, block):
+    # Step 2 paints BLOCK slots per pixel histogram; with small blocks the masks of one image
+    # fall in several blocks, so pixels taken in an earlier block and overlaps that span
+    # blocks are exercised on the same inputs.
+    args, options = case
+    with mock.patch.object(fusion_module, "BLOCK", block):
+        got = {k: v.numpy() for k, v in panoptic_fusion(*args, **options).items()}
+    assert_same(got, panoptic_fusion_numpy(*args, **options))
+
+
+@pytest.mark.parametrize("block", [1, 2, 10])
+def test_third_instance_depends_on_whether_the_second_was_kept(block):
+    # 0 (0.9) takes the 4 left columns; 1 (0.8) has 12 of its 16 pixels under 0 and is dropped;
+    # 2 (0.7) has 8 of 16 under 0 and 2 more under 1 only: kept (8 >= 8) because 1 was dropped,
+    # it would have shown 6 had 1 been kept. Pairwise overlaps cannot tell these apart.
+    masks = np.zeros([3, H, W], np.float32)
+    masks[0, :, :4] = 0.9
+    masks[1, 0:4, 1:5] = 0.9
+    masks[2, 2:6, 2:6] = 0.9
+    args = (masks, np.float32([0.9, 0.8, 0.7]), np.int32([1, 2, 3]), 3, ALL_VOID)
+    with mock.patch.object(fusion_module, "BLOCK", block):
+        out = fuse_both(*args, stuff_categories=[8, 9])
+    assert out["num_segments"] == 2 and out["category"][:2].tolist() == [1, 3] and out["area"][1] == 8
+
+
 # --- the layer ------------------------------------------------------------------------------
 
 
@@ -291,22 +319,23 @@ def test_layer_in_model_saves_and_reloads(tmp_path):
                 panoptic_fusion_numpy(*batch, stuff_categories=[5, 6], min_stuff_area=8))
 
 
-def _full_size_tensors(content, d, size):
-    """Names of the tensors in the main graph that hold at least D x H x W elements."""
+def _large_tensors(content, elements):
+    """Names of the tensors in the main graph that hold more than `elements` elements."""
     from export import runtime
 
     graph = runtime.parse_model(content).subgraphs[0]
     return [t.name.decode() if isinstance(t.name, bytes) else t.name for t in graph.tensors
-            if t.shape is not None and len(t.shape) and int(np.prod(t.shape)) >= d * size * size]
+            if t.shape is not None and len(t.shape) and int(np.prod(t.shape)) > elements]
 
 
 def test_litert_graph_makes_no_copy_of_the_mask_stack():
-    # The graph reads the [1, D, H, W] masks one slot at a time (GATHER): no binarized,
-    # reordered, sliced or unstacked copy of the whole stack. The previous graph made five,
-    # which cost most of its LiteRT time (benchmarks/panoptic_fusion_time.py).
-    d, size, s = 8, 32, 4
+    # The graph reads the [1, D, H, W] masks BLOCK slots at a time (GATHER): no binarized,
+    # reordered, sliced or unstacked copy of the whole stack. The first graph made five, which
+    # cost most of its LiteRT time (benchmarks/panoptic_fusion_time.py).
+    block, size, s = fusion_module.BLOCK, 32, 4
+    d = 2 * block + 3
     content = _convert(_fusion_model(d, size, s, stuff_categories=[11, 12, 13], min_stuff_area=20))
-    assert len(_full_size_tensors(content, d, size)) == 1, _full_size_tensors(content, d, size)
+    assert len(_large_tensors(content, block * size * size)) == 1, _large_tensors(content, block * size * size)
 
 
 @pytest.mark.slow

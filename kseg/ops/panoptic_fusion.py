@@ -35,19 +35,26 @@ except `thing_class`, in channel order (so len == S - 1, or S when thing_class i
 The graph has static D, H, W, S (any batch size, also unknown) and uses TFLite builtin ops
 only. The painting order is a comparison-count rank (no sort op). Step 2 is sequential (whether
 an instance is kept depends on the union of the kept masks before it, which pairwise overlaps
-do not give when three masks meet), so it stays a Python loop over the static D unrolled into
-the graph, and is kept cheap: each step fetches one mask (GATHER in painting order) and does
-seven element-wise ops and two sums over H x W, with no comparison or cast at full resolution:
-one map `free` holds 1 on unclaimed pixels and 1 - id on pixels a kept instance took, and
+do not give when three masks meet), but its decisions only need, per pixel, which masks hold it.
+So the slots are taken in painting order in blocks of BLOCK = b (one GATHER of b masks each);
+per block every pixel gets a code, bit t set where the block's t-th mask holds it, plus 2**b
+where an earlier block's thing took it, and one UNSORTED_SEGMENT_SUM counts the pixels of each
+of the 2 * 2**b codes. The b decisions of the block are then made on those counts alone: a
+mask's area is the count over the codes with its bit, its visible part the count over the free
+codes with its bit and no bit of a mask kept before it in the block. A table of 2**b segment
+ids (the first kept mask of each code) paints the block with one GATHER. Per slot this leaves
+about five element-wise ops at full resolution (the threshold, the code), and two full-image
+passes per block, instead of a full-image painting step per slot:
 
-    outside = ceil(relu(mask_threshold - mask))   0 on the mask, >= 1 off it
-    new     = relu(free - outside)                1 on the mask's unclaimed pixels, else 0
-    free   -= new * keep * id                     (keep, id: [B, 1, 1, 1] per step)
+    outside = ceil(clip(mask_threshold - mask, 0, 1))   1 off the mask, 0 exactly on it
+    code    = 2**b - 1 - sum_t 2**t outside_t + 2**b [pixel taken]
 
-Step 3 works on the S channel planes the same way: the argmax with ties to the lowest channel is
+LiteRT's GPU accelerator takes neither UNSORTED_SEGMENT_SUM nor these GATHERs: on that path
+step 2 runs on the CPU. Step 3 works on the S channel planes: the argmax with ties to the lowest channel is
 `relu(available + floor(logit - max logit))` taken channel by channel, and the stuff score is
 the mean of 1 / sum(exp(logit - max logit)), the argmax channel's softmax probability. Every
-count is a float32 sum of 0/1 values (exact below 2**24 pixels). Masks and semantic logits must
+count is a float32 sum of 0/1 values and every code an integer below 2**(b + 1) (exact below
+2**24 pixels). Masks and semantic logits must
 share H x W (resize the semantic logits first; Panoptic FPN upsamples them to the image).
 """
 
@@ -55,6 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 OUTPUT_KEYS = ("panoptic", "category", "is_thing", "area", "score", "num_segments")
+BLOCK = 10  # slots per histogram in step 2
 
 
 def _stuff_table(num_channels, stuff_categories, thing_class):
@@ -119,7 +127,7 @@ def _total(x):
 
 
 def _paint_things(masks, order, cut, *, mask_threshold, overlap_threshold, max_segments):
-    """Step 2, one slot at a time in painting order.
+    """Step 2 in blocks of `block` slots in painting order, one pixel histogram per block.
 
     Args:
         masks: [B, D, H, W] float32. order: [B, D] int32 slot painted t-th.
@@ -127,38 +135,58 @@ def _paint_things(masks, order, cut, *, mask_threshold, overlap_threshold, max_s
             overlap rule (1 for candidates, H * W + 1 for the other slots).
 
     Returns:
-        (free [B, 1, H, W]: 1 where unclaimed, 1 - id where thing id took the pixel (None when
-        D = 0);
+        (label [B, H * W]: the thing segment id per pixel, 0 where unclaimed (None when D = 0);
         kept, segment (the thing count after the step), visible: [B, D] in painting order;
         num_things [B, 1]).
     """
-    num_slots = masks.shape[1]
+    num_slots, height, width = masks.shape[1:]
+    pixels = height * width
     f32 = tf.float32
-    threshold = tf.constant(mask_threshold, f32)
-    overlap = tf.constant(overlap_threshold, f32)
-    orders = tf.split(order, num_slots, axis=1) if num_slots else []  # D x [B, 1]
-    cuts = tf.split(tf.reshape(cut, [-1, num_slots, 1, 1]), num_slots, axis=1) if num_slots else []
-    free = count = None  # before the first step: every pixel free, no thing
-    kept, segment, visible = [], [], []
-    for t in range(num_slots):
-        mask = tf.gather(masks, orders[t], axis=1, batch_dims=1)  # [B, 1, H, W]
-        outside = tf.math.ceil(tf.nn.relu(threshold - mask))  # 0 exactly where mask >= threshold
-        inside = tf.nn.relu(1.0 - outside)
-        area = _total(inside)
-        new = inside if free is None else tf.nn.relu(free - outside)
-        shown = area if free is None else _total(new)
-        keep = tf.cast(shown >= tf.maximum(overlap * area, cuts[t]), f32)
-        if max_segments < num_slots:  # otherwise the table always has room
-            keep = keep * (float(max_segments > 0) if count is None else tf.cast(count < max_segments, f32))
-        count = keep if count is None else count + keep
-        free = (1.0 if free is None else free) - new * (keep * count)
-        kept.append(keep)
-        segment.append(count)
-        visible.append(shown)
     if not num_slots:
         return None, cut, cut, cut, tf.reduce_sum(cut, axis=1, keepdims=True)  # cut is [B, 0]: zeros
+    batch = masks.shape[0] if masks.shape[0] is not None else tf.shape(masks)[0]
+    threshold = tf.constant(mask_threshold, f32)
+    overlap = tf.constant(overlap_threshold, f32)
+    label = count = None  # before the first block: nothing claimed, no thing
+    kept, segment, visible = [], [], []
+    for start in range(0, num_slots, BLOCK):
+        bits = min(BLOCK, num_slots - start)
+        bins = 2 ** bits
+        # Per pixel: which of the block's masks hold it (bit t: the (start + t)-th painted) and
+        # whether an earlier block's thing took it (+ bins), and the image's table (+ 2 bins b).
+        members = tf.gather(masks, order[:, start:start + bits], axis=1, batch_dims=1)  # [B, b, H, W]
+        outside = tf.math.ceil(tf.clip_by_value(threshold - members, 0.0, 1.0))  # 1 off the mask, 0 on it
+        powers = tf.constant(2.0 ** np.arange(bits, dtype=np.float32).reshape(1, bits, 1, 1))
+        code = (bins - 1.0) - tf.reduce_sum(outside * powers, axis=1)  # [B, H, W]
+        if label is not None:
+            code = code + bins * tf.minimum(label, 1.0)
+        offset = 2 * bins * tf.reshape(tf.range(batch), [-1, 1, 1])
+        ids = tf.cast(code, tf.int32) + offset
+        histogram = tf.reshape(tf.math.unsorted_segment_sum(tf.ones_like(code), ids, 2 * bins * batch),
+                               [-1, 2, bins])
+        free, taken = histogram[:, 0], histogram[:, 1]  # [B, bins] pixels per code
+        has = tf.constant(((np.arange(bins)[None] >> np.arange(bits)[:, None]) & 1).astype(np.float32))
+        area = tf.reduce_sum(tf.expand_dims(free + taken, 1) * has[None], axis=2)  # [B, b]
+        least = tf.maximum(overlap * area, cut[:, start:start + bits])
+        open_codes = tf.ones_like(free)  # 1 on the codes no kept mask of this block holds yet
+        table = tf.zeros_like(free)  # the segment id a pixel of each free code takes
+        for t in range(bits):
+            claim = open_codes * has[t]  # codes the step would claim
+            shown = tf.reduce_sum(free * claim, axis=1, keepdims=True)  # [B, 1]
+            keep = tf.cast(shown >= least[:, t:t + 1], f32)
+            if max_segments < num_slots:  # otherwise the table always has room
+                keep = keep * (float(max_segments > 0) if count is None else tf.cast(count < max_segments, f32))
+            count = keep if count is None else count + keep
+            table = table + claim * (keep * count)
+            open_codes = open_codes - claim * keep
+            kept.append(keep)
+            segment.append(count)
+            visible.append(shown)
+        lookup = tf.reshape(tf.concat([table, tf.zeros_like(table)], axis=1), [-1])  # taken pixels: 0
+        new = tf.gather(lookup, ids)
+        label = new if label is None else label + new
     flat = [tf.reshape(tf.concat(x, axis=1), [-1, num_slots]) for x in (kept, segment, visible)]
-    return (free, *flat, tf.reshape(count, [-1, 1]))
+    return (tf.reshape(label, [-1, pixels]), *flat, tf.reshape(count, [-1, 1]))
 
 
 def _paint_stuff(semantic_logits, free, is_stuff):
@@ -210,9 +238,10 @@ def _fuse(masks, scores, classes, num_detections, semantic_logits, *, stuff_cate
     cut = 1.0 + (1.0 - _in_order(perm, candidate)) * float(height * width + 1)
 
     # 2. things.
-    free, kept, segment, visible, num_things = _paint_things(
+    label, kept, segment, visible, num_things = _paint_things(
         masks, order, cut, mask_threshold=mask_threshold, overlap_threshold=overlap_threshold,
         max_segments=max_segments)
+    free = None if label is None else tf.reshape(1.0 - label, [-1, 1, height, width])
 
     # 3. stuff on the unclaimed pixels.
     members, stuff_area, stuff_prob = _paint_stuff(semantic_logits, free, is_stuff)
