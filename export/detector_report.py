@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from export import runtime, tflite
+from kseg.ops.checks import check_choice
 from kseg.utils import ProgressBar, atomic_write, write_json
 
 # fp32 must reproduce Keras: every detection (same class, box within 1e-3 of the image size,
@@ -184,11 +185,11 @@ def export_detector(model, output_dir, examples, categories, *, calibration=None
         "accuracy_drop", "parity", "targets_missed", "failures", "passed"}}, "passed"}.
     """
     for variant in variants:
-        tflite._check_choice("variants", variant, tflite.VARIANTS)
+        check_choice("variants", variant, tflite.VARIANTS)
     for variant, row in (tolerances or {}).items():
-        tflite._check_choice("tolerances", variant, tflite.VARIANTS)
+        check_choice("tolerances", variant, tflite.VARIANTS)
         for key in row:
-            tflite._check_choice(f"tolerances[{variant!r}]", key, TOLERANCE_KEYS)
+            check_choice(f"tolerances[{variant!r}]", key, TOLERANCE_KEYS)
     if "int8" in variants and (calibration is None or len(calibration) == 0):
         raise ValueError("calibration: the int8 variant needs real images [N, H, W, 3] to calibrate on (the run's "
                          "training images); got none.")

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from export import runtime, tflite
+from kseg.ops.checks import check_choice
 from kseg.utils import ProgressBar, atomic_write, write_json
 
 # What each variant must reach on real images to pass. fp32 must reproduce the Keras logits;
@@ -119,7 +120,7 @@ def export_model(model, output_dir, *, examples, calibration=None, variants=tfli
         a variant misses its tolerance.
     """
     for variant in variants:
-        tflite._check_choice("variants", variant, tflite.VARIANTS)
+        check_choice("variants", variant, tflite.VARIANTS)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     name = name or model.name

@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kseg.ops.checks import check_choice
+
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 INPUT_TYPES = ("float32", "uint8")
 OUTPUTS = ("logits", "probabilities", "class_map")
@@ -64,11 +66,6 @@ def static_input_shape(model, image_size=None):
     return [1] + shape[1:]
 
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}.")
-
-
 def device_model(model, image_size=None, input_type="float32", output="logits", rgb_input=False):
     """`model` at batch 1 and a fixed size, with the phone-side pre/post-processing in the graph.
 
@@ -85,8 +82,8 @@ def device_model(model, image_size=None, input_type="float32", output="logits", 
     Returns:
         A Keras model with a batch-1 input named "image".
     """
-    _check_choice("input_type", input_type, INPUT_TYPES)
-    _check_choice("output", output, OUTPUTS)
+    check_choice("input_type", input_type, INPUT_TYPES)
+    check_choice("output", output, OUTPUTS)
     shape = static_input_shape(model, image_size)
     channels = shape[3]
     if rgb_input and channels != 1:
@@ -170,8 +167,8 @@ def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", 
     Returns:
         The `.tflite` file content (bytes).
     """
-    _check_choice("variant", variant, VARIANTS)
-    _check_choice("int8_io", int8_io, INT8_IO)
+    check_choice("variant", variant, VARIANTS)
+    check_choice("int8_io", int8_io, INT8_IO)
     converter = _converter(fixed_model, allow_flex)
     if variant == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
