@@ -94,6 +94,7 @@ def init_model(path, *, num_classes, size, families, expected=None, overrides=No
         raise ValueError(f"{argument} {path}: a {name} without num_classes or an input size in its config")
     old_size = tuple(config[size_key])
     new_size = tuple(old if run is None else int(run) for old, run in zip(old_size, tuple(size) + old_size[len(size):]))
+    shown = len(size)  # sizes as the run gives them: (H, W) of a detector, (H, W, C) of a semantic model
     if len(old_size) == 3 and new_size[2] != old_size[2]:
         raise ValueError(f"{argument} {path}: the {name} takes {old_size[2]} input channel(s), the run "
                          f"{new_size[2]} (`channels`)")
@@ -108,20 +109,20 @@ def init_model(path, *, num_classes, size, families, expected=None, overrides=No
         model = type(source).from_config(config)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{argument} {path}: cannot rebuild its {name} for {num_classes} classes at "
-                         f"{'x'.join(map(str, new_size))}: {err}") from None
+                         f"{'x'.join(map(str, new_size[:shown]))}: {err}") from None
     old_k = source.get_config()["num_classes"]
     reset = copy_weights(source, model, old_k, int(num_classes), f"{argument} {path}")
     report = {"path": os.path.abspath(path), "model": name, "loaded": len(model.weights) - len(reset),
               "left_initialised": reset, "num_classes": [old_k, int(num_classes)],
-              "size": [list(old_size), list(new_size)]}
+              "size": [list(old_size[:shown]), list(new_size[:shown])]}
     if reset:
         warnings.warn(f"{argument} {path}: the file's {name} classifies {old_k} classes, the run {num_classes}: "
                       f"loaded {report['loaded']} weights, left the {len(reset)} classifier weight(s) initialised: "
                       f"{', '.join(reset[:_SHOW])}", stacklevel=2)
     if new_size != old_size:
-        warnings.warn(f"{argument} {path}: the file's {name} was built for {'x'.join(map(str, old_size))}, the run "
-                      f"is {'x'.join(map(str, new_size))}: rebuilt at the run's size with the same weights",
-                      stacklevel=2)
+        warnings.warn(f"{argument} {path}: the file's {name} was built for {'x'.join(map(str, old_size[:shown]))}, "
+                      f"the run is {'x'.join(map(str, new_size[:shown]))}: rebuilt at the run's size with the same "
+                      "weights", stacklevel=2)
     return model, report
 
 
