@@ -64,7 +64,7 @@ def load_examples(pairs, *, image_size, channels, remap=None, limit=None):
         {"images": uint8 [N, H, W, C], "masks": int32 [N, H, W] or None, "names": [str]}.
     """
     from kseg.data import apply_remap, read_mask, remap_table
-    from kseg.data.folder import open_image
+    from kseg.data.image_files import open_image
 
     pairs = list(pairs)
     if limit is not None and not (isinstance(limit, int) and limit >= 1):
