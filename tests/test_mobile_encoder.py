@@ -122,5 +122,6 @@ def test_int8_keeps_parity_with_keras():
         got = (interpreter.get_tensor(out["index"]).astype(np.float32) - zero) * scale
         want = model(x.astype(np.float32), training=False).numpy()
         error = np.abs(got - want)
-        assert error.mean() <= 2 * scale, (error.mean(), scale)
-        assert error.max() <= 12 * scale, (error.max(), scale)
+        # Measured: mean about 1 quantum, max about 6 (rounding through 20 int8 layers).
+        assert error.mean() <= 1.5 * scale, (error.mean(), scale)
+        assert error.max() <= 9 * scale, (error.max(), scale)
