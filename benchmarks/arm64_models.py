@@ -1,4 +1,4 @@
-"""The models the ARM benchmark, its regression guard and tests/test_arm64.py run.
+"""The models the ARM benchmark, its regression guard and tests/export/test_arm64.py run.
 
 Seeded: the same call exports the same graphs with the same weights on every machine, so
 instruction counts can be compared with a stored baseline.

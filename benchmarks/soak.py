@@ -10,7 +10,7 @@ Each records every frame's latency and samples memory: the process's RSS (runner
 Python process; ffmpeg's decoder and encoder apart), and for the page V8's JS heap after a forced
 GC (CDP) and the proportional set size (PSS) of all Chromium processes.
 
-The checks (`analyse`), the same in tests/test_soak.py:
+The checks (`analyse`), the same in tests/export/test_soak.py:
     warm-up   the first WARMUP_FRACTION of the run's time is left out (the page: PAGE_WARMUP_S)
     windows   the rest is cut in windows of min(--window-s, a tenth of it) seconds;
               the first window is the reference

@@ -16,7 +16,6 @@ import re
 import sys
 
 from kseg.cli_args import kseg_parser
-from kseg.cli_args import parse_size as _size  # noqa: F401  (tests/test_bad_input.py)
 
 
 def build_parser():

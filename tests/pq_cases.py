@@ -1,6 +1,6 @@
 """Panoptic Quality cases for the comparison with COCO's rules (hotcoco, panopticapi).
 
-Shared by tests/test_panoptic_quality.py and tests/reference/make_pq_fixtures.py; NumPy and
+Shared by tests/metrics/test_panoptic_quality.py and tests/reference/make_pq_fixtures.py; NumPy and
 Pillow only (no kseg, no TensorFlow), so the fixture script runs in a reference environment.
 
 A case is {"categories": [...], "images": [image, ...]}, an image a dict

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from kseg import cli, cli_args
-from tests.test_training import write_blob_folder
+from tests.training.test_training import write_blob_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

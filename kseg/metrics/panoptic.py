@@ -2,7 +2,7 @@
 
 Kirillov, He, Girshick, Rother and Dollar, "Panoptic Segmentation", CVPR 2019. The rules
 below are those of COCO's evaluation code (cocodataset/panopticapi, `pq_compute`), rule for
-rule; tests/test_panoptic_quality.py checks kseg against `hotcoco`'s PQ (verified against
+rule; tests/metrics/test_panoptic_quality.py checks kseg against `hotcoco`'s PQ (verified against
 panopticapi) to 1e-9 on real COCO panoptic ground truth and on adversarial cases.
 
 Shape shorthand, per image:

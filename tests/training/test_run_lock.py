@@ -18,7 +18,7 @@ import types
 import pytest
 
 from kseg.training.callbacks import BackupAndRestore
-from tests.test_training import write_blob_folder
+from tests.training.test_training import write_blob_folder
 
 try:  # (imported so, the tests that drive `kseg train` also run, and fail, on code without them)
     from kseg.utils.run_lock import (LOCK_FILE, RunFolderBusy, check_run_folder_free, lock_if_inside, read_holder,
@@ -26,7 +26,7 @@ try:  # (imported so, the tests that drive `kseg train` also run, and fail, on c
 except ImportError:
     LOCK_FILE = RunFolderBusy = check_run_folder_free = lock_if_inside = read_holder = run_lock = None
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A U-Net of a few thousand weights; 4 epochs of 20 steps take seconds each on 2 shared cores.
 UNET = ["train", "--model", "unet", "--set", "filters=4", "--set", "depth=2", "--num-classes", "2", "--remap",

@@ -20,8 +20,8 @@ from scipy import ndimage
 
 from export import effects, frames, runtime, video, video_io
 from kseg.viz import overlay, palette
-from tests.test_bench import tensorflow_blocked
-from tests.test_runtime import tiny_models
+from tests.export.test_bench import tensorflow_blocked
+from tests.export.test_runtime import tiny_models
 
 MODEL_SIZE = (32, 48)  # h, w; the test frames are twice that
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,

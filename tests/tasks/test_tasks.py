@@ -15,9 +15,9 @@ from PIL import Image
 from kseg import cli, tasks
 from kseg.training.callbacks import read_history_csv
 from kseg.utils.run_lock import RunFolderBusy
-from tests.test_training import write_blob_folder
+from tests.training.test_training import write_blob_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEED = 3
 # A tiny U-Net run, as Python arguments and as the flags of `kseg train`.
 SEMANTIC = dict(model="unet", model_kwargs={"filters": 4, "depth": 2}, num_classes=2, remap={0: 0, 255: 1},

@@ -21,9 +21,9 @@ import kseg.models.mask_rcnn  # noqa: F401  (registers the model classes final.k
 from kseg import data as kdata
 from kseg.data.shapes import shapes_dataset_examples
 from kseg.training.callbacks import BackupAndRestore
-from tests.test_training import write_blob_folder
+from tests.training.test_training import write_blob_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ------------------------------------------------------------------------------ input shards

@@ -21,7 +21,7 @@ from kseg.metrics import panoptic as panoptic_module
 from tests import pq_cases
 from tests.testing import SHARED_DATA, requires_shared_data
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SAMPLE = SHARED_DATA / "coco-panoptic-sample"
 
 CATEGORIES = [{"id": 1, "name": "person", "isthing": 1},

@@ -21,7 +21,7 @@ import pytest
 
 from kseg.training.callbacks import BackupAndRestore, ResumableCSVLogger
 from kseg.utils import atomic_write, write_json
-from tests.test_training import write_blob_folder
+from tests.training.test_training import write_blob_folder
 
 try:  # (imported so, the tests that drive `kseg train` also run, and fail, on code without them)
     from kseg.training.loop import FIXES, write_failure_advice
@@ -30,7 +30,7 @@ try:  # (imported so, the tests that drive `kseg train` also run, and fail, on c
 except ImportError:
     FIXES = write_failure_advice = WriteError = run_lock = None
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 UNET = ["train", "--model", "unet", "--set", "filters=4", "--set", "depth=2", "--num-classes", "2", "--remap",
         "0:0,255:1", "--channels", "1", "--image-size", "32", "--batch-size", "4", "--quiet", "--epochs", "4",
@@ -252,7 +252,7 @@ def test_a_disk_full_after_the_last_epoch_keeps_the_backup_and_the_rerun_only_wr
     import keras
 
     from kseg.training import trainer
-    from tests.test_training import TINY, blob_spec
+    from tests.training.test_training import TINY, blob_spec
 
     spec, run = blob_spec(tmp_path), str(tmpfs / "run")
     settings = dict(model="unet", model_kwargs=TINY, epochs=2, steps_per_epoch=3, batch_size=2, verbose=0)

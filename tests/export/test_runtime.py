@@ -109,7 +109,7 @@ def test_runtime_imports_no_tensorflow():
     import subprocess
 
     code = "import sys, export.runtime, export.bench; bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; assert not bad, bad"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 

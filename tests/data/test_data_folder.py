@@ -22,7 +22,7 @@ from kseg.data import (
     validate_pairs,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 requires_shared = pytest.mark.skipif(
     not SHARED.exists(), reason="../shared/data is absent: real-data tests need the shared data sets"
 )

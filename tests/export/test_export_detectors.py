@@ -118,7 +118,7 @@ def test_export_run_of_an_instance_run_writes_what_kseg_export_writes(tmp_path):
     from export import export_run
     from export.run import ExportFailed
     from kseg.cli import main
-    from tests.test_export import assert_same_export
+    from tests.export.test_export import assert_same_export
 
     run = tmp_path / "run"  # as kseg train --task instance --shapes 8 --image-size 64 leaves it
     run.mkdir()

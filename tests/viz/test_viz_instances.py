@@ -9,7 +9,7 @@ import pytest
 
 from kseg.viz import instance_colors, instance_overlay, mask_outline
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H, W = 40, 48
 GREY = 100
 

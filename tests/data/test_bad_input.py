@@ -46,7 +46,7 @@ from kseg.data import (
     validate_pairs,
     write_coco_panoptic,
 )
-from tests.test_training import write_blob_folder
+from tests.training.test_training import write_blob_folder
 
 # ------------------------------------------------------------------------------ helpers
 
@@ -662,8 +662,10 @@ def test_train_output_that_is_a_file_exits_2(semantic_run, tmp_path, capsys):
 def test_absurd_image_size_is_refused_by_the_parser():
     import argparse
 
+    from kseg.cli_args import parse_size
+
     with pytest.raises(argparse.ArgumentTypeError, match="100000"):
-        cli._size("100000")
+        parse_size("100000")
 
 
 # ============================================================================== kseg evaluate / predict

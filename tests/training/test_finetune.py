@@ -124,7 +124,7 @@ def test_cli_instance_run_starts_from_the_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_semantic_run_starts_from_the_file(tmp_path, capsys):
-    from tests.test_training import write_blob_folder
+    from tests.training.test_training import write_blob_folder
 
     images, masks = write_blob_folder(tmp_path / "data", count=6)
     source = UNet(num_classes=2, input_shape=(32, 32, 1), depth=2, filters=4)

@@ -13,7 +13,7 @@ from PIL import Image
 
 import kseg.viz as viz
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _has_color(image, color):

@@ -194,7 +194,7 @@ def test_mirrored_strategy_over_two_cpu_replicas(tmp_path):
          "--remap", "0:0,255:1", "--channels", "1", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
          "--set", "filters=4", "--set", "depth=2", "--strategy", "mirrored", "--cpu-replicas", "2",
          "--output", str(out), "--quiet"],
-        check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+        check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), capture_output=True,
     )
     run = load_run(str(out))
     assert run["train"]["replicas"] == 2 and run["train"]["strategy"] == "mirrored"

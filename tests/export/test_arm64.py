@@ -18,7 +18,7 @@ from export.arm64 import root as arm_root
 
 QEMU_7_2 = (7, 2, 22)
 QEMU_10 = (10, 0, 2)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- refused configurations

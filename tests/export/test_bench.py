@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from export import bench, frames, runtime
-from tests.test_runtime import requires_swiftshader, tiny_models
+from tests.export.test_runtime import requires_swiftshader, tiny_models
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Installed as sitecustomize.py: any import of tensorflow or keras fails, and is logged.
 _BLOCKER = """

@@ -21,7 +21,7 @@ from tests.testing import segment_with_mediapipe
 
 SIZE = 64
 LABELS = ["background", "membrane", "cell"]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def small_unet(channels=3, num_classes=3):
