@@ -28,13 +28,13 @@ from benchmarks.common import RESULTS, machine, print_table, write_results  # no
 
 def load(run, images, calibration):
     """(model, held-out examples, categories, calibration images) of a detection run folder."""
-    from kseg.training.instance import INSTANCE_TASK, resized
-    from kseg.training.panoptic import PANOPTIC_TASK
-    from kseg.training.spec import run_task
+    from kseg import tasks
+    from kseg.training.examples import resized
 
-    detection = INSTANCE_TASK if run_task(run, ("semantic", "instance", "panoptic")) == "instance" else PANOPTIC_TASK
-    model = detection.load(run, None)
-    train, val, categories = detection.load_splits(detection.load_run(run)["data"])
+    info = tasks.load_run(run)
+    detection = tasks.get_task(info.task)
+    model = detection.load_model(run)
+    train, val, categories = detection.load_splits(info.spec)
     val = resized(val, model.image_size)
     train = resized(train, model.image_size)
     picks = np.linspace(0, len(train) - 1, min(calibration, len(train))).round().astype(int)

@@ -37,7 +37,7 @@ def main():
     from kseg.data.instances import instance_dataset
     from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
     from kseg.models import build_model, model_presets
-    from kseg.training.instance import evaluate_instance_model
+    from kseg.training.detection_eval import evaluate_instance_model
     from kseg.viz import save_line_chart
 
     size = (args.image_size, args.image_size)

@@ -37,14 +37,12 @@ def main():
     args = parser.parse_args()
 
     from kseg import tasks, viz
-    from kseg.training.instance import resized
-    from kseg.training.panoptic import (
-        PanopticDataSpec,
-        format_pq_table,
-        load_panoptic_model,
-        load_panoptic_splits,
-        predict_panoptic_image,
-    )
+    from kseg.training.detection_data import load_panoptic_splits
+    from kseg.training.detection_eval import format_pq_table
+    from kseg.training.detection_predict import predict_panoptic_image
+    from kseg.training.detection_runs import load_panoptic_model
+    from kseg.training.detection_spec import PanopticDataSpec
+    from kseg.training.examples import resized
     from kseg.training.callbacks import read_history_csv
 
     name = f"shapes_{args.model}"

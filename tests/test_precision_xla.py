@@ -41,7 +41,7 @@ from kseg.models import build_model
 from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
 from kseg.ops import boxes as box_ops
 from kseg.ops import xla
-from kseg.training.panoptic import build_maskformer, build_panoptic_fpn
+from kseg.training.detection_models import build_maskformer, build_panoptic_fpn
 from tests import testing
 
 FP16_RTOL = 1e-2

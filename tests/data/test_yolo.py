@@ -11,7 +11,8 @@ from kseg import cli
 from kseg.data import DataError
 from kseg.data.instances import read_coco_instances
 from kseg.data.yolo import label_path_of, read_yolo_data, read_yolo_yaml
-from kseg.training.instance import InstanceDataSpec, load_instance_splits
+from kseg.training.detection_data import load_instance_splits
+from kseg.training.detection_spec import InstanceDataSpec
 from tests.testing import SHARED_DATA, requires_shared_data
 
 COCO128 = SHARED_DATA / "coco128-seg"

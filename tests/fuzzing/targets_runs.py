@@ -14,8 +14,7 @@ from tests.fuzzing.mutators import mutate_json_text, mutate_tree
 def _run_seeds(folder):
     """run.json trees of a semantic, an instance and a panoptic run, as kseg train writes them."""
     from kseg.training import DataSpec
-    from kseg.training.instance import InstanceDataSpec
-    from kseg.training.panoptic import PanopticDataSpec
+    from kseg.training.detection_spec import InstanceDataSpec, PanopticDataSpec
 
     train = {"epochs": 2, "steps_per_epoch": 3, "batch_size": 2, "schedule": "cosine", "augment": True, "seed": 0,
              "strategy": "default", "replicas": 1, "learning_rate": 0.001}
