@@ -10,6 +10,7 @@ import tensorflow as tf
 from kseg.data.instances import instance_dataset
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from export.tflite import compare_detections, detector_tflite
+from kseg.models import build_model
 from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
 from kseg.models.mask_rcnn import targets
 from kseg.models.mask_rcnn.layers import Detections, Proposals
@@ -22,7 +23,7 @@ K = len(SHAPE_CATEGORIES)
 
 
 def small_model(**overrides):
-    return MaskRCNN(num_classes=K, input_shape=(*SIZE, 3), **{**SMALL_CONFIG, **overrides})
+    return build_model("mask_rcnn", "small", num_classes=K, input_shape=(*SIZE, 3), **overrides)
 
 
 def shapes_batches(count=8, batch_size=4, max_instances=6, seed=3):
@@ -262,7 +263,7 @@ def test_resnet50_fpn_parameters_reconcile_exactly_with_torchvision():
     moving statistics as weights (torchvision freezes them into buffers); torchvision also
     regresses a box and predicts a mask for the background class, which kseg does not.
     """
-    model = MaskRCNN(num_classes=90, input_shape=(512, 512, 3), backbone="resnet50")
+    model = build_model("mask_rcnn", "resnet50", num_classes=90, input_shape=(512, 512, 3))
     count = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
     conv_biases = count(w for w in model.backbone.weights if "_conv" in w.path and w.path.endswith("bias"))
     batch_norms = count(w for w in model.backbone.weights if "_bn" in w.path)

@@ -7,8 +7,8 @@ import tensorflow as tf
 
 from kseg.data.instances import instance_dataset
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
-from kseg.models.mask_rcnn import SMALL_CONFIG
-from kseg.models.panoptic_fpn import IGNORE, PanopticFPN, semantic_cross_entropy
+from kseg.models import build_model
+from kseg.models.panoptic_fpn import IGNORE, semantic_cross_entropy
 from tests import testing
 
 SIZE = (64, 64)
@@ -16,8 +16,8 @@ STUFF = 2  # "top" and "bottom" halves of the background
 
 
 def small_model(**overrides):
-    return PanopticFPN(num_classes=len(SHAPE_CATEGORIES), num_stuff_classes=STUFF, input_shape=(*SIZE, 3),
-                       **{**SMALL_CONFIG, "semantic_channels": 32, **overrides})
+    return build_model("panoptic_fpn", "small", num_classes=len(SHAPE_CATEGORIES), num_stuff_classes=STUFF,
+                       input_shape=(*SIZE, 3), **{"semantic_channels": 32, **overrides})
 
 
 def panoptic_batch(batch_size=4):
