@@ -6,7 +6,10 @@
         --instance-model shapes_mask_rcnn.keras --instance-labels circle,square,triangle
 
 With no --run it uses `kseg-demo/run` (what `kseg demo` writes), training it first (about
-3 minutes on 2 cores) when it is not there. Each run is exported by `export.export_run` (what
+3 minutes on 2 cores) when it is not there. It also exports a person segmenter, listed first with
+blur as its effect, when a person run exists at `runs/person` (where the README's "Person
+segmentation for AR" training command writes it), or at --person-run RUN / $KSEG_PERSON_RUN;
+otherwise it prints one line saying how to train one (about an hour; nothing is trained here). Each run is exported by `export.export_run` (what
 `kseg export` runs) to every variant (fp32, fp16, dynamic, int8) at the run's image size, uint8
 camera input, logits out and TFLite metadata, so the same files also run in MediaPipe's Image
 Segmenter.
@@ -48,6 +51,19 @@ INDEX = "index.json"
 SIDECAR = "webdemo.json"
 SAMPLE = "sample.png"
 DEFAULT_RUN = Path("kseg-demo") / "run"
+PERSON_RUN = Path("runs") / "person"  # the README's person training command writes it
+PERSON_RUN_ENV = "KSEG_PERSON_RUN"
+PERSON_NAME = "person"
+PERSON_TITLE = "Person (kseg)"
+PERSON_EFFECTS = ("blur", "replace", "classes", "outlines")  # the page's effect menu, its default first
+# The README's training command ("Person segmentation for AR"), on one line; tests check they match.
+PERSON_TRAIN = (
+    "D=../shared/data/person-segmentation; kseg train --images $D/train/images --masks $D/train/masks "
+    "--val-images $D/val/images --val-masks $D/val/masks --num-classes 2 --channels 3 --image-size 192 "
+    "--class-names background,person --model mobile_unet --set encoder=inverted_residual "
+    "--set encoder_filters=16,16,24,32,64,96 --set decoder_filters=64,48,24,16 --batch-size 8 --loss ce_dice "
+    "--schedule cosine --lr 0.002 --epochs 70 --steps-per-epoch 100 --seed 0 --output runs/person"
+)
 INSTANCE_OUTPUTS = ("boxes", "scores", "classes", "masks", "num_detections")
 SCORE_THRESHOLD = 0.5  # detections below it are not shown
 MASK_THRESHOLD = 0.5  # a pixel belongs to a detection where its mask probability is at least this
@@ -93,6 +109,8 @@ def model_entries(export_dir, models_dir):
             "outputs": len(info["outputs"]),
             "parity_agreement": result.get("agreement"),
         })
+        if extra.get("effects"):
+            entries[-1]["effects"] = [str(e) for e in extra["effects"]]
     return entries
 
 
@@ -167,13 +185,17 @@ def _tensor(detail):
 
 
 def write_index(models_dir, sample=None):
-    """Scans `models_dir`/*/export_report.json and writes `models_dir`/index.json (atomically)."""
+    """Scans `models_dir`/*/export_report.json and writes `models_dir`/index.json (atomically).
+
+    Folders are listed by their sidecar's "order" (default 1; the person model's is 0), then by
+    name; the page starts with the first entry.
+    """
     from kseg.utils import write_json
 
     models_dir = Path(models_dir)
     exports = {p.parent for p in models_dir.glob("*/export_report.json")}
     exports |= {p.parent for p in models_dir.glob(f"*/{SIDECAR}") if _read_sidecar(p.parent).get("task") == "instance"}
-    exports = sorted(exports)
+    exports = sorted(exports, key=lambda d: (int(_read_sidecar(d).get("order", 1)), d.name))
     if not exports:
         raise FileNotFoundError(f"{models_dir}: no */export_report.json (nor an instance model's */{SIDECAR}); "
                                 "export a model into a subfolder first.")
@@ -197,8 +219,13 @@ def write_sample(image_path, models_dir):
         Image.open(image_path).convert("RGB").save(tmp, format="PNG")
 
 
-def add_run(run_dir, models_dir, name=None, background=None, title=None, gpu=False):
+def add_run(run_dir, models_dir, name=None, background=None, title=None, gpu=False, model_path=None, effects=None,
+            order=1):
     """`export_run` of a semantic run into `models_dir`/NAME, plus the page's sidecar.
+
+    Args:
+        model_path: the .keras file (default: the run's best.keras).
+        effects, order: as `write_sidecar`.
 
     Returns:
         (the folder written, the run's DataSpec).
@@ -217,16 +244,54 @@ def add_run(run_dir, models_dir, name=None, background=None, title=None, gpu=Fal
     name = name or Path(run_dir).resolve().name
     out = Path(models_dir) / name
     # Phones deliver RGB: a grey model's graph converts it (rgb_input).
-    export_run(run_dir, out, name=name, rgb_input=spec.channels == 1, gpu=gpu, verbose=False)
-    write_sidecar(out, title or name, background or 0)
+    export_run(run_dir, out, name=name, model_path=model_path, rgb_input=spec.channels == 1, gpu=gpu, verbose=False)
+    write_sidecar(out, title or name, background or 0, effects=effects, order=order)
     return out, spec
 
 
-def write_sidecar(export_dir, title, background=0):
-    """What the page needs beyond the export report: a display title and the background class."""
+def write_sidecar(export_dir, title, background=0, effects=None, order=1):
+    """What the page needs beyond the export report: a display title and the background class.
+
+    Args:
+        effects: the page's effect menu for this model, its default first (default: the page's
+            choice by class count).
+        order: where the model comes in the page's menu: lower first, then by folder name.
+    """
     from kseg.utils import write_json
 
-    write_json(Path(export_dir) / SIDECAR, {"title": title, "task": "semantic", "background": int(background)})
+    extra = {"title": title, "task": "semantic", "background": int(background), "order": int(order)}
+    if effects:
+        extra["effects"] = [str(e) for e in effects]
+    write_json(Path(export_dir) / SIDECAR, extra)
+
+
+def person_run(path=None):
+    """The person run to export: `path`, else $KSEG_PERSON_RUN, else `runs/person`; None when it
+    has no run.json (and `path` was not given).
+
+    Raises:
+        FileNotFoundError: `path` was given and is not a run folder.
+    """
+    if path is not None:
+        if not (Path(path) / "run.json").exists():
+            raise FileNotFoundError(f"--person-run {path}: no run.json there; expected a folder written by kseg train")
+        return Path(path)
+    path = Path(os.environ.get(PERSON_RUN_ENV) or PERSON_RUN)
+    return path if (path / "run.json").exists() else None
+
+
+def add_person_run(run_dir, models_dir, gpu=False):
+    """`add_run` of a person run as the page's first model, with blur as its default effect;
+    exports the run's final.keras (as the README's `kseg export` does), else its best.keras."""
+    final = Path(run_dir) / "final.keras"
+    return add_run(run_dir, models_dir, name=PERSON_NAME, title=PERSON_TITLE, background=0, gpu=gpu,
+                   model_path=final if final.exists() else None, effects=PERSON_EFFECTS, order=0)
+
+
+def person_hint():
+    """The line printed when there is no person run."""
+    return (f"no person model ({PERSON_RUN}/run.json, --person-run or ${PERSON_RUN_ENV}): the page starts with the "
+            f"ISBI model; to train one (about an hour): {PERSON_TRAIN}")
 
 
 def export_instance_model(model, models_dir, name, labels=None, title=None, score_threshold=SCORE_THRESHOLD,
@@ -362,7 +427,10 @@ def main(argv=None):
     parser.add_argument("--run", action="append", help="a kseg run folder to export (repeatable)")
     parser.add_argument("--name", help="file name stem for a single --run (default: the run folder's name)")
     parser.add_argument("--background-class", type=int, help="the class the blur/replace effects treat as background")
-    parser.add_argument("--if-missing", action="store_true", help="do nothing when OUT/index.json exists")
+    parser.add_argument("--if-missing", action="store_true",
+                        help="do nothing when OUT/index.json exists (but export a person run not exported yet)")
+    parser.add_argument("--person-run", metavar="RUN",
+                        help=f"the person run to export first (default ${PERSON_RUN_ENV}, else {PERSON_RUN} when it exists)")
     parser.add_argument("--gpu", action="store_true", help="also check each variant on LiteRT's GPU accelerator")
     parser.add_argument("--index-only", action="store_true", help="only rewrite index.json from OUT/*/")
     parser.add_argument("--instance-model", action="append", metavar="M.keras",
@@ -373,10 +441,22 @@ def main(argv=None):
     out = Path(args.out)
     if args.name and len(args.run or []) + len(args.instance_model or []) > 1:
         parser.error("--name names a single --run or --instance-model; rename export folders one at a time")
-    if args.if_missing and (out / INDEX).exists():
-        print(f"{out / INDEX} exists; keeping it (remove it, or run without --if-missing, to export again)")
-        return 0
     try:
+        person = None if args.index_only else person_run(args.person_run)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.if_missing and (out / INDEX).exists():
+        if person is None or (out / PERSON_NAME / "export_report.json").exists():
+            print(f"{out / INDEX} exists; keeping it (remove it, or run without --if-missing, to export again)")
+            if person is None:
+                print(person_hint())
+            return 0
+        args.index_only = True  # the person run alone is new
+    try:
+        if person is not None:
+            print(f"exporting the person model from {person}")
+            add_person_run(person, out, gpu=args.gpu)
         if not args.index_only:
             runs = args.run or ([] if args.instance_model else [str(DEFAULT_RUN)])
             if not args.run and not args.instance_model and not (DEFAULT_RUN / "run.json").exists():
@@ -401,6 +481,8 @@ def main(argv=None):
     for entry in index["models"]:
         print(f"{entry['name']:<28} {entry['size_bytes'] / 1e6:7.2f} MB  {entry['file']}")
     print(f"wrote {out / INDEX}")
+    if person is None and not args.index_only:
+        print(person_hint())
     return 0
 
 

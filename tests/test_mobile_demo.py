@@ -537,3 +537,146 @@ def test_instance_model_draws_outlines_and_labels_of_the_detections_python_liter
     tinted = np.round(t["frame"] * (1 - OVERLAY_ALPHA) + colors[np.maximum(tint_owner, 1) - 1] * OVERLAY_ALPHA)
     assert close(t["output"], tinted)[tint_owner > 0].mean() > 0.99
     assert close(t["output"], t["frame"], tol=0)[tint_owner == 0].all()
+
+
+# ----------------------------------------------------------------------------- the person model
+
+
+def _tiny_run(run, channels, class_names, model_file, fit_steps):
+    """A semantic run folder as kseg train leaves it, on the ISBI sample at 64x64 (never the person
+    data): run.json and `model_file`, a small U-Net fitted `fit_steps` steps."""
+    import keras
+
+    from kseg.data.samples import ISBI_REMAP, isbi_sample_dirs
+    from kseg.training import DataSpec
+    from tests.testing import sample_examples, small_unet
+
+    images, masks = isbi_sample_dirs()
+    spec = DataSpec(images=str(images), masks=str(masks), num_classes=2, remap=ISBI_REMAP, channels=channels,
+                    image_size=(64, 64), class_names=list(class_names))
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"data": spec.to_json(), "model": {"name": "unet"}, "train": {}}))
+    keras.utils.set_random_seed(0)
+    model = small_unet("unet-transpose", channels=channels, num_classes=2)
+    if fit_steps:
+        data = sample_examples(64, channels, limit=4)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        model.fit(data["images"].astype("float32") / 255, data["masks"], batch_size=4, epochs=fit_steps, verbose=0)
+    model.save(run / model_file)
+    return run
+
+
+def _webdemo_main(argv):
+    """export.webdemo.main(argv): (exit code, the lines it printed)."""
+    import contextlib
+    import io
+
+    from export import webdemo
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = webdemo.main(argv)
+    return code, out.getvalue().splitlines()
+
+
+@pytest.fixture(scope="module")
+def person_exports(tmp_path_factory):
+    """What `npm start` (export.webdemo --if-missing) does in a fresh checkout: first without a
+    person run (the ISBI fallback), then again once a person run is at runs/person. A 2-class
+    RGB run fitted one step stands in for the person run; the ISBI run is an unfitted U-Net at
+    kseg-demo/run, so nothing is trained as `kseg demo` would."""
+    from export import webdemo
+
+    root = tmp_path_factory.mktemp("checkout")
+    _tiny_run(root / webdemo.DEFAULT_RUN, 1, ["membrane", "cell"], "best.keras", 0)
+    models = root / "models"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv(webdemo.PERSON_RUN_ENV, raising=False)
+        fallback = _webdemo_main(["--out", str(models), "--if-missing"])
+        fallback_index = json.loads((models / "index.json").read_text())
+        _tiny_run(root / webdemo.PERSON_RUN, 3, ["background", "person"], "final.keras", 1)
+        isbi_file = models / fallback_index["models"][0]["file"]
+        isbi_stamp = isbi_file.stat().st_mtime_ns
+        person = _webdemo_main(["--out", str(models), "--if-missing"])
+        again = _webdemo_main(["--out", str(models), "--if-missing"])
+    index = json.loads((models / "index.json").read_text())
+    return {"models": models, "fallback": fallback, "fallback_index": fallback_index, "person": person,
+            "again": again, "index": index, "isbi_kept": isbi_file.stat().st_mtime_ns == isbi_stamp}
+
+
+def _readme_person_train_command():
+    """The README's person training command ("Person segmentation for AR") on one line."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("D=../shared/data/person-segmentation"))
+    end = next(i for i in range(start, len(lines)) if "--output runs/person" in lines[i])
+    command = " ".join(line.strip().rstrip("\\").strip() for line in lines[start + 1:end + 1])
+    return f"{lines[start].strip()}; {command}"
+
+
+def test_webdemo_without_a_person_run_exports_the_isbi_model_and_says_how_to_train_one(person_exports):
+    from export import webdemo
+
+    code, printed = person_exports["fallback"]
+    assert code == 0
+    names = [e["name"] for e in person_exports["fallback_index"]["models"]]
+    assert names == [f"isbi_unet_{v}" for v in ("fp32", "fp16", "dynamic", "int8")]
+    hints = [line for line in printed if "person" in line]
+    assert hints == [webdemo.person_hint()]
+    assert printed[-1] == webdemo.person_hint()
+    assert hints[0].endswith(_readme_person_train_command())  # the command the README documents
+    assert "--output runs/person" in hints[0] and webdemo.PERSON_RUN == Path("runs/person")
+
+
+def test_webdemo_exports_a_person_run_first_with_blur_as_its_effect(person_exports):
+    from export import webdemo
+
+    code, printed = person_exports["person"]
+    assert code == 0, printed
+    assert not any(line == webdemo.person_hint() for line in printed)
+    entries = person_exports["index"]["models"]
+    variants = ("fp32", "fp16", "dynamic", "int8")
+    assert [e["name"] for e in entries] == [f"person_{v}" for v in variants] + [f"isbi_unet_{v}" for v in variants]
+    for entry in entries[:4]:
+        assert entry["effects"] == list(webdemo.PERSON_EFFECTS) and entry["effects"][0] == "blur"
+        assert entry["labels"] == ["background", "person"] and entry["background"] == 0
+        assert entry["title"] == webdemo.PERSON_TITLE and entry["input"]["shape"] == [1, 64, 64, 3]
+    assert all("effects" not in e for e in entries[4:])
+    report = json.loads((person_exports["models"] / "person" / "export_report.json").read_text())
+    assert report["passed"]
+    assert person_exports["isbi_kept"]  # --if-missing exported the new person run alone
+    code, printed = person_exports["again"]
+    assert code == 0 and printed == [f"{person_exports['models'] / 'index.json'} exists; keeping it (remove it, or "
+                                     "run without --if-missing, to export again)"]
+
+
+def test_webdemo_person_run_option_names_a_missing_folder(tmp_path, capsys):
+    from export import webdemo
+
+    assert webdemo.main(["--out", str(tmp_path / "models"), "--person-run", str(tmp_path / "nowhere")]) == 2
+    assert f"--person-run {tmp_path / 'nowhere'}: no run.json there" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
+
+
+def test_page_starts_with_the_person_model_and_its_blur_effect(site, person_exports):
+    """The page's model menu lists the person model first and starts with it, on blur."""
+    import shutil
+
+    from export import webdemo
+
+    models = site["dist"] / "models"
+    shutil.copytree(person_exports["models"] / "person", models / "person")
+    try:
+        index = webdemo.write_index(models)
+        assert index["models"][0]["name"] == "person_fp32"
+        result = drive(site, "", [{"wait": "ready", "frames": 2}, {"stats": "s"},
+                                  {"screenshot": str(ARTIFACTS / "demo_person.png")}])
+    finally:
+        shutil.rmtree(models / "person")
+        webdemo.write_index(models)
+    stats = result["s"]
+    assert stats["model"] == "person_fp32" and stats["effect"] == "blur" and stats["message"] is None
+    assert stats["modelMenu"] == [e["name"] for e in index["models"]]
+    assert stats["modelMenu"][:4] == [f"person_{v}" for v in ("fp32", "fp16", "dynamic", "int8")]
+    assert "unet_fp32" in stats["modelMenu"]  # the ISBI model stays in the menu
+    assert stats["effectMenu"] == list(webdemo.PERSON_EFFECTS)

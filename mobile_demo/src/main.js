@@ -199,7 +199,8 @@ async function useModel(entry, bytes) {
   state.inferenceMs = [];
   state.stageMs = { prepare: [], effect: [] };
   state.frameTimes = [];
-  const effects = effectsFor(entry.labels.length, entry.task);
+  // An index entry may name its effects, default first (the person model: blur).
+  const effects = entry.effects?.length ? entry.effects.filter(e => EFFECTS.includes(e)) : effectsFor(entry.labels.length, entry.task);
   fillSelect($('effect'), effects);
   if (!effects.includes(state.effect)) state.effect = effects[0];
   $('effect').value = state.effect;

@@ -104,6 +104,8 @@ try {
           hud: document.getElementById('hud').innerText,
           legend: [...document.querySelectorAll('#legend span')].map(
             chip => ({ text: chip.textContent, color: chip.style.borderColor })),
+          modelMenu: [...document.querySelectorAll('#model option')].map(o => o.value),
+          effectMenu: [...document.querySelectorAll('#effect option')].map(o => o.value),
         };
       });
     } else if (step.measure) {
