@@ -83,9 +83,9 @@ def test_hugging_face_checkpoints_give_transformers_logits(name, images, referen
     assert error <= TOLERANCE
 
 
-def test_a_hugging_face_folder_and_from_checkpoint(tmp_path, images, reference):
+def test_a_hugging_face_folder(tmp_path, images, reference):
     shutil.copy(FIXTURES / "segformer_tiny_hf5.safetensors", tmp_path / "model.safetensors")
-    check_logits(SegFormer.from_checkpoint(tmp_path, input_shape=SIZE), images, reference)
+    check_logits(load_segformer(tmp_path, input_shape=SIZE), images, reference)
 
 
 def test_nvlabs_checkpoint_with_fused_kv(images, reference):

@@ -187,21 +187,6 @@ class SegFormer(SegmentationModel):
         return self.get_layer(encoder_name(self.variant))
 
     @classmethod
-    def from_checkpoint(cls, path, **kwargs):
-        """A SegFormer with the weights of a published checkpoint; see `kseg.weights.load_segformer`.
-
-        Args:
-            path: a Hugging Face, NVlabs/mmseg or encoder-only MiT checkpoint file.
-            **kwargs: `kseg.weights.load_segformer`'s keyword arguments (input_shape, num_classes, ...).
-
-        Returns:
-            A `SegFormer` holding the checkpoint's weights.
-        """
-        from kseg.weights.segformer import load_segformer  # kseg.weights imports this module
-
-        return load_segformer(path, **kwargs)
-
-    @classmethod
     def from_config(cls, config):
         return cls(**{**_SAVED_BEFORE_DEFAULTS, **config})
 
