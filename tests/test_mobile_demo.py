@@ -665,18 +665,25 @@ def test_page_starts_with_the_person_model_and_its_blur_effect(site, person_expo
     from export import webdemo
 
     models = site["dist"] / "models"
-    shutil.copytree(person_exports["models"] / "person", models / "person")
+    folder = models / "x_person"  # after "unet" by name: first by its sidecar's order
+    shutil.copytree(person_exports["models"] / "person", folder)
     try:
         index = webdemo.write_index(models)
         assert index["models"][0]["name"] == "person_fp32"
+        # An entry naming other effects: the page follows the entry, not the class count.
+        other = {**index["models"][0], "name": "person_replace", "effects": ["replace", "blur"]}
+        (models / "index.json").write_text(json.dumps({**index, "models": index["models"] + [other]}))
         result = drive(site, "", [{"wait": "ready", "frames": 2}, {"stats": "s"},
-                                  {"screenshot": str(ARTIFACTS / "demo_person.png")}])
+                                  {"screenshot": str(ARTIFACTS / "demo_person.png")},
+                                  {"model": "person_replace"}, {"wait": "ready", "frames": 1}, {"stats": "other"}])
     finally:
-        shutil.rmtree(models / "person")
+        shutil.rmtree(folder)
         webdemo.write_index(models)
+    assert result["other"]["effectMenu"] == ["replace", "blur"]
+    assert result["other"]["effect"] == "blur"  # a switch keeps the effect in use when the new model has it
     stats = result["s"]
     assert stats["model"] == "person_fp32" and stats["effect"] == "blur" and stats["message"] is None
-    assert stats["modelMenu"] == [e["name"] for e in index["models"]]
+    assert stats["modelMenu"] == [e["name"] for e in index["models"]] + ["person_replace"]
     assert stats["modelMenu"][:4] == [f"person_{v}" for v in ("fp32", "fp16", "dynamic", "int8")]
     assert "unet_fp32" in stats["modelMenu"]  # the ISBI model stays in the menu
     assert stats["effectMenu"] == list(webdemo.PERSON_EFFECTS)
