@@ -26,6 +26,7 @@ __all__ = [
     "metrics",
     "models",
     "ops",
+    "tasks",
     "training",
     "utils",
     "viz",

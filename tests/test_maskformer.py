@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from kseg.data.instances import instance_dataset
 from kseg.data.panoptic_shapes import PANOPTIC_SHAPE_CATEGORIES, panoptic_shapes_examples
+from kseg.models import build_model
 from kseg.models.maskformer import (
     SMALL_CONFIG,
     MaskFormer,
@@ -30,8 +31,8 @@ MAX_INSTANCES = 4
 
 
 def small_model(**overrides):
-    return MaskFormer(num_classes=THINGS, num_stuff_classes=STUFF, input_shape=(*SIZE, 3),
-                      **{**SMALL_CONFIG, "object_threshold": 0.5, **overrides})
+    return build_model("maskformer", num_classes=THINGS, num_stuff_classes=STUFF, input_shape=(*SIZE, 3),
+                       **{**SMALL_CONFIG, "object_threshold": 0.5, **overrides})
 
 
 def panoptic_batch(batch_size=4, seed=1):
@@ -259,11 +260,13 @@ def test_fit_runs_under_a_mirrored_strategy_with_the_numpy_matcher(tmp_path):
         "strategy = get_strategy('mirrored', cpu_replicas=2)\n"
         "from kseg.data.instances import instance_dataset\n"
         "from kseg.data.panoptic_shapes import panoptic_shapes_examples\n"
-        "from kseg.models.maskformer import SMALL_CONFIG, MaskFormer\n"
+        "from kseg.models import build_model\n"
+        "from kseg.models.maskformer import SMALL_CONFIG\n"
         "examples = panoptic_shapes_examples(4, seed=3, image_size=(64, 64))\n"
         "ds = instance_dataset(examples, image_size=(64, 64), max_instances=6, batch_size=4, semantic=True)\n"
         "with strategy.scope():\n"
-        "    model = MaskFormer(num_classes=3, num_stuff_classes=3, input_shape=(64, 64, 3), **SMALL_CONFIG)\n"
+        "    model = build_model('maskformer', num_classes=3, num_stuff_classes=3, input_shape=(64, 64, 3),\n"
+        "                        **SMALL_CONFIG)\n"
         "    model.compile(optimizer=keras.optimizers.Adam(1e-3))\n"
         "history = model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0).history\n"
         "json.dump({'replicas': strategy.num_replicas_in_sync, 'loss': history['loss']}, sys.stdout)\n"

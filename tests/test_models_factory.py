@@ -87,17 +87,19 @@ def test_a_bad_name_preset_or_argument_raises_naming_it(call, named):
     assert "expected" in str(err.value) or "rejected" in str(err.value)
 
 
-def test_a_detector_takes_its_old_image_size_argument_and_config():
-    small = model_presets("mask_rcnn")["small"]
-    new = MaskRCNN(num_classes=2, input_shape=SHAPE, **small)
-    old = MaskRCNN(num_classes=2, image_size=SHAPE[:2], **small)
-    assert old.get_config() == {**new.get_config(), "name": old.name}
+def test_a_detector_takes_input_shape_only_and_loads_an_old_image_size_config():
+    from kseg.backbones import build_backbone
+
+    new = build_model("mask_rcnn", "small", num_classes=2, input_shape=SHAPE)
     assert new.image_size == (64, 64)
     legacy = {k: v for k, v in new.get_config().items() if k != "input_shape"}
     reloaded = MaskRCNN.from_config({**legacy, "image_size": [64, 64]})
-    assert reloaded.get_config()["input_shape"] == [64, 64, 3]
-    with pytest.raises(ValueError, match="input_shape"):
-        MaskRCNN(num_classes=2, input_shape=SHAPE, image_size=SHAPE[:2], **small)
+    assert reloaded.get_config() == {**new.get_config(), "name": reloaded.name}
+    small = {**model_presets("mask_rcnn")["small"], "backbone": build_backbone("small", SHAPE)}
+    with pytest.raises(TypeError, match="image_size"):
+        MaskRCNN(num_classes=2, image_size=SHAPE[:2], **small)
+    with pytest.raises(ValueError, match="`image_size`: model 'mask_rcnn' takes input_shape"):
+        build_model("mask_rcnn", "small", num_classes=2, image_size=SHAPE[:2])
     with pytest.raises(ValueError, match="input_shape"):
         MaskFormer(num_classes=2, input_shape=(64, 64), **model_presets("maskformer")["small"])
     keras.backend.clear_session()
@@ -114,8 +116,11 @@ def test_constructors_take_a_backbone_object_and_build_model_resolves_names():
     assert isinstance(named.backbone, keras.Model) and named.backbone.kind == "small"
     with pytest.raises(ValueError, match="`backbone`.*expected \\(64, 64, 3\\) images"):
         MaskRCNN(num_classes=2, input_shape=SHAPE, backbone=build_backbone("small", (96, 96, 3)), **small)
-    with pytest.raises(ValueError, match="backbone_weights"):
+    with pytest.raises(TypeError, match="backbone_weights"):
         MaskRCNN(num_classes=2, input_shape=SHAPE, backbone=backbone, backbone_weights="imagenet", **small)
+    for name in ("small", None):
+        with pytest.raises(ValueError, match="`backbone` .*kseg.models.build_model.*kseg.backbones.build_backbone"):
+            MaskRCNN(num_classes=2, input_shape=SHAPE, backbone=name, **small)
     keras.backend.clear_session()
 
 

@@ -38,7 +38,7 @@ from kseg.data.panoptic_shapes import PANOPTIC_SHAPE_CATEGORIES, panoptic_shapes
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from kseg.losses import SparseCrossEntropy
 from kseg.models import build_model
-from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+from kseg.models.mask_rcnn import SMALL_CONFIG
 from kseg.ops import boxes as box_ops
 from kseg.ops import xla
 from kseg.training.detection_models import build_maskformer, build_panoptic_fpn
@@ -176,8 +176,8 @@ def exhaustive_sampling():
 def build_detector(family, **kwargs):
     keras.utils.set_random_seed(0)
     if family == "mask_rcnn":
-        return MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=SIZE,
-                        **{**SMALL_CONFIG, **exhaustive_sampling(), **kwargs})
+        return build_model("mask_rcnn", "small", num_classes=len(SHAPE_CATEGORIES), input_shape=(*SIZE, 3),
+                           **{**exhaustive_sampling(), **kwargs})
     if family == "panoptic_fpn":
         return build_panoptic_fpn("small", PANOPTIC_SHAPE_CATEGORIES, SIZE, semantic_channels=32,
                                   **exhaustive_sampling(), **kwargs)

@@ -1,7 +1,7 @@
 """kseg models, one folder per architecture. Constructors take plain values and objects;
 `build_model` maps a name (and a preset) to one of them (kseg.models.factory)."""
 
-from kseg.models.factory import MODEL_NAMES, build_model, model_class, model_presets
+from kseg.models.factory import MODEL_NAMES, build_model, model_arguments, model_class, model_presets
 from kseg.models.mask_rcnn import MaskRCNN, TorchvisionMaskRCNN
 from kseg.models.maskformer import MaskFormer
 from kseg.models.panoptic_fpn import PanopticFPN
@@ -18,6 +18,7 @@ __all__ = [
     "TorchvisionMaskRCNN",
     "UNet",
     "build_model",
+    "model_arguments",
     "model_class",
     "model_presets",
     "valid_output_size",

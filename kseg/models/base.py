@@ -7,28 +7,21 @@ import keras
 import tensorflow as tf
 
 from kseg.backbones import backbone_from_config, check_backbone
-from kseg.ops.checks import check_choice  # noqa: F401 (kseg.models.unet.mobile_unet imports it from here)
 
 # Keyword arguments that kseg models forward to keras.Model.
 KERAS_MODEL_KWARGS = frozenset({"trainable", "dtype"})
 
 
-def detector_input_shape(input_shape, image_size, default=None):
-    """A detector's (H, W, 3) from `input_shape`, or from the older `image_size=(H, W)` argument.
+def detector_input_shape(input_shape, default=None):
+    """A detector's (H, W, 3) from `input_shape`.
 
     Args:
         input_shape: (H, W, 3) or None.
-        image_size: None, or (H, W) (the argument's earlier name, still taken).
-        default: the shape when both are None (None: one of them is required).
+        default: the shape when `input_shape` is None (None: it is required).
 
     Raises:
-        ValueError: both or neither given, or not (H, W, 3) positive ints.
+        ValueError: missing, or not (H, W, 3) positive ints.
     """
-    if image_size is not None:
-        if input_shape is not None:
-            raise ValueError(f"give `input_shape` (H, W, 3) only; got both input_shape={input_shape!r} and "
-                             f"image_size={image_size!r}.")
-        input_shape = (*image_size, 3) if len(tuple(image_size)) == 2 else image_size
     if input_shape is None:
         input_shape = default
     if input_shape is None:
@@ -51,17 +44,16 @@ def legacy_detector_config(config):
     return config
 
 
-def named_backbone(backbone, input_shape, weights=None):
-    """`backbone` checked, or built from its name (the constructors' earlier way; None: "resnet50").
+def check_detector_backbone(backbone, input_shape):
+    """Raises ValueError unless `backbone` is a backbone object for `input_shape` images.
 
-    Runs under the model's dtype policy scope (the backbone's layers take its policy).
+    Names (and None) are resolved only by `kseg.models.build_model` and `from_config`.
     """
     if backbone is None or isinstance(backbone, str):
-        backbone = backbone_from_config(backbone or "resnet50", input_shape, weights=weights)
-    elif weights is not None:
-        raise ValueError(f"`backbone_weights` goes with a backbone name; got a backbone object and {weights!r}.")
+        raise ValueError(f"`backbone` must be a keras.Model giving P2..P5 features; got {backbone!r}. Build a "
+                         f"model from names with kseg.models.build_model(name, preset, backbone=...), or pass "
+                         f"kseg.backbones.build_backbone(name, input_shape).")
     check_backbone(backbone, input_shape)
-    return backbone
 
 
 def detector_config_objects(config):
@@ -71,7 +63,7 @@ def detector_config_objects(config):
     config = legacy_detector_config(config)
     weights = config.pop("backbone_weights", None)
     if "backbone" in config and not isinstance(config["backbone"], keras.Model):
-        shape = tuple(config.get("input_shape") or (512, 512, 3))
+        shape = detector_input_shape(config.get("input_shape"), default=(512, 512, 3))
         with dtype_policy_scope(config.get("dtype")):
             config["backbone"] = backbone_from_config(config["backbone"], shape, weights=weights)
     return config

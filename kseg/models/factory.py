@@ -2,6 +2,7 @@
 
     MODEL_NAMES             unet, attention_unet, residual_unet, dense_unet, mobile_unet,
                             segformer_b0 .. segformer_b5, mask_rcnn, panoptic_fpn, maskformer
+    model_arguments(name)   the arguments the name fixes
     model_presets(name)     {preset name: constructor arguments}; e.g. mask_rcnn: small,
                             mobilenet, resnet50
     build_model(name, preset=None, **kwargs)
@@ -47,10 +48,6 @@ _TABLE = {
 }
 
 MODEL_NAMES = tuple(_TABLE)
-# The semantic-segmentation names: (constructor, the name's own arguments). Kept in this shape
-# for kseg.training.finetune, which reads it.
-_MODELS = {name: (cls, fixed) for name, (cls, fixed, _) in _TABLE.items()
-           if cls in (UNet, MobileUNet, SegFormer)}
 
 
 def _entry(name):
@@ -62,6 +59,12 @@ def _entry(name):
 def model_class(name):
     """The constructor (a keras.Model class) behind the model called `name` (one of `MODEL_NAMES`)."""
     return _entry(name)[0]
+
+
+def model_arguments(name):
+    """The arguments the name `name` fixes (attention_unet: attention=True; segformer_b2:
+    variant="b2"; {} for the others), a copy; `name` is one of `MODEL_NAMES`."""
+    return dict(_entry(name)[1])
 
 
 def model_presets(name):
@@ -107,6 +110,9 @@ def build_model(name, preset=None, **kwargs):
         expected = ", ".join(presets) if presets else "none (this model has no presets)"
         raise ValueError(f"`preset`: model {name!r} has no preset {preset!r}; expected one of {expected}.")
     arguments = {**fixed, **(presets[preset] if preset is not None else {}), **kwargs}
+    if "image_size" in kwargs and cls in (MaskRCNN, MaskFormer, PanopticFPN):
+        raise ValueError(f"`image_size`: model {name!r} takes input_shape=(H, W, 3); got image_size="
+                         f"{kwargs['image_size']!r}.")
     try:
         if cls in (MaskRCNN, MaskFormer):
             # A backbone name (default "resnet50") becomes its keras.Model here, at the model's input shape.

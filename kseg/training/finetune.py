@@ -26,6 +26,8 @@ import keras
 # Constructor arguments that download or read weights: the file's weights replace them.
 _WEIGHT_ARGUMENTS = ("backbone_weights", "encoder_weights")
 _SIZE_KEYS = ("input_shape", "image_size")
+# The models of the instance and panoptic tasks; every other name of kseg.models.MODEL_NAMES is semantic.
+DETECTOR_NAMES = ("mask_rcnn", "panoptic_fpn", "maskformer")
 _SHOW = 8
 
 
@@ -75,7 +77,9 @@ def init_model(path, *, num_classes, size, families, expected=None, overrides=No
     """
     source = load_init_model(path, argument)
     name = type(source).__name__
-    if type(source) not in tuple(families):  # exact: PanopticFPN is a MaskRCNN but trains another task
+    # The exact class: a subclass may train another task. A PanopticFPN holds a MaskRCNN (its
+    # `detector`) but is none, so an instance run refuses its file here.
+    if type(source) not in tuple(families):
         raise ValueError(f"{argument} {path}: holds a {name}; this task trains "
                          f"{' or '.join(f.__name__ for f in families)}")
     config = source.get_config()
@@ -181,9 +185,9 @@ def task_families(model_name):
     """The model classes a run trains, by run.json's model name: "semantic" (any semantic model),
     "mask_rcnn", "panoptic_fpn" or "maskformer" (the classes --init files may hold)."""
     if model_name == "semantic":
-        from kseg.models.factory import _MODELS
+        from kseg.models import MODEL_NAMES, model_class
 
-        return tuple(dict.fromkeys(cls for cls, _ in _MODELS.values()))
+        return tuple(dict.fromkeys(model_class(name) for name in MODEL_NAMES if name not in DETECTOR_NAMES))
     if model_name == "mask_rcnn":
         from kseg.models.mask_rcnn import MaskRCNN, TorchvisionMaskRCNN
 
@@ -201,12 +205,12 @@ def model_expectation(model):
     """`init_model`'s `expected` for a semantic --model name (None: no --model given)."""
     if model is None:
         return None
-    from kseg.models.factory import MODEL_NAMES, _MODELS
+    from kseg.models import MODEL_NAMES, model_arguments, model_class
 
-    if model not in _MODELS:
-        raise ValueError(f"`model` {model!r}: expected one of {', '.join(MODEL_NAMES)}")
-    cls, presets = _MODELS[model]
-    return f"`model` {model}", cls, presets
+    if model not in MODEL_NAMES or model in DETECTOR_NAMES:
+        raise ValueError(f"`model` {model!r}: expected one of "
+                         f"{', '.join(n for n in MODEL_NAMES if n not in DETECTOR_NAMES)}")
+    return f"`model` {model}", model_class(model), model_arguments(model)
 
 
 def config_expectation(config_name, configs, cls):

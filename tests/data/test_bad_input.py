@@ -845,16 +845,25 @@ def test_runtime_and_bench_refuse_corrupt_tflite_files(semantic_run, tmp_path, c
 
 
 def _maskrcnn(**kwargs):
-    from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+    from kseg.models import build_model
 
-    return MaskRCNN(**{"num_classes": 2, "input_shape": (64, 64, 3), **SMALL_CONFIG, **kwargs})
+    return build_model("mask_rcnn", "small", **{"num_classes": 2, "input_shape": (64, 64, 3), **kwargs})
 
 
 def _panoptic_fpn(**kwargs):
-    from kseg.models.mask_rcnn import SMALL_CONFIG
-    from kseg.models.panoptic_fpn import PanopticFPN
+    from kseg.models import build_model
 
-    return PanopticFPN(**{"num_classes": 2, "num_stuff_classes": 2, "image_size": (64, 64), **SMALL_CONFIG, **kwargs})
+    return build_model("panoptic_fpn", "small", **{"num_classes": 2, "num_stuff_classes": 2,
+                                                   "input_shape": (64, 64, 3), **kwargs})
+
+
+def _constructor(cls_name, **kwargs):
+    """A detector constructor given plain values only (what `build_model` is for)."""
+    import kseg.models
+    from kseg.models import mask_rcnn, maskformer
+
+    small = (maskformer if cls_name == "MaskFormer" else mask_rcnn).SMALL_CONFIG
+    return getattr(kseg.models, cls_name)(**{"num_classes": 2, "input_shape": (64, 64, 3), **small, **kwargs})
 
 
 def _unet(**kwargs):
@@ -884,6 +893,16 @@ MODEL_CASES = {
                                      ["`input_shape`", "(-32, 64, 3)"]),
     "MaskRCNN/unknown backbone": ("unknown model", lambda: _maskrcnn(backbone="vgg"),
                                   ["unknown backbone 'vgg'", "expected one of resnet50"]),
+    "MaskRCNN/backbone a name": ("unknown model", lambda: _constructor("MaskRCNN"),
+                                 ["`backbone`", "'small'", "kseg.models.build_model", "kseg.backbones.build_backbone"]),
+    "MaskRCNN/no backbone": ("unknown model", lambda: _constructor("MaskRCNN", backbone=None),
+                             ["`backbone`", "got None", "kseg.models.build_model"]),
+    "MaskFormer/backbone a name": ("unknown model", lambda: _constructor("MaskFormer", backbone="resnet50"),
+                                   ["`backbone`", "'resnet50'", "kseg.models.build_model"]),
+    "build_model/image_size": ("absurd sizes", lambda: _build("mask_rcnn", num_classes=2, image_size=(64, 64)),
+                               ["`image_size`", "input_shape=(H, W, 3)", "(64, 64)"]),
+    "PanopticFPN/plain values": ("unknown model", lambda: _constructor("PanopticFPN", num_stuff_classes=2),
+                                 ["`detector`", "build_model(\"panoptic_fpn\"", "panoptic_fpn_parts"]),
     "MaskRCNN/unknown ROI Align method": ("unknown model", lambda: _maskrcnn(roi_align_method="magic"),
                                          ["'magic'", "crop_and_resize"]),
     "MaskRCNN/zero classes": ("labels", lambda: _maskrcnn(num_classes=0), ["`num_classes`", "got 0"]),

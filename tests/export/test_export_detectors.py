@@ -13,7 +13,7 @@ from export import runtime
 from export.detector_report import detector_markdown, export_detector
 from kseg.data.panoptic_shapes import PANOPTIC_SHAPE_CATEGORIES, panoptic_shapes_examples
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
-from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+from kseg.models import build_model
 
 SIZE = (64, 64)
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
@@ -48,7 +48,7 @@ def check_variants(report):
 
 @pytest.fixture(scope="module")
 def mask_rcnn_report(tmp_path_factory):
-    model = MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=SIZE, **SMALL_CONFIG)
+    model = build_model("mask_rcnn", "small", num_classes=len(SHAPE_CATEGORIES), input_shape=(*SIZE, 3))
     examples = shapes_dataset_examples(3, seed=2, image_size=SIZE, max_instances=3, min_size=12)
     calibration = np.stack([e["image"] for e in shapes_dataset_examples(4, seed=1, image_size=SIZE,
                                                                         max_instances=3, min_size=12)])
@@ -76,7 +76,7 @@ def test_a_variant_that_misses_its_bound_is_flagged(mask_rcnn_report):
 
 
 def test_int8_needs_calibration_images(tmp_path):
-    model = MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=SIZE, **SMALL_CONFIG)
+    model = build_model("mask_rcnn", "small", num_classes=len(SHAPE_CATEGORIES), input_shape=(*SIZE, 3))
     examples = shapes_dataset_examples(1, seed=2, image_size=SIZE, max_instances=3, min_size=12)
     with pytest.raises(ValueError, match="calibration"):
         export_detector(model, tmp_path, examples, SHAPE_CATEGORIES, variants=("int8",), verbose=False)
@@ -94,9 +94,8 @@ def panoptic_report(model, tmp_path):
 
 @pytest.mark.slow
 def test_panoptic_fpn_exports_every_variant_with_builtin_ops(tmp_path):
-    from kseg.models.panoptic_fpn import PanopticFPN
-
-    model = PanopticFPN(num_classes=3, num_stuff_classes=3, image_size=SIZE, **{**SMALL_CONFIG, "semantic_channels": 32})
+    model = build_model("panoptic_fpn", "small", num_classes=3, num_stuff_classes=3, input_shape=(*SIZE, 3),
+                        semantic_channels=32)
     report = panoptic_report(model, tmp_path)
     check_variants(report)
     assert report["metric"] == "PQ" and report["variants"]["int8"]["parity"]["min_panoptic_agreement"] is not None
@@ -105,9 +104,8 @@ def test_panoptic_fpn_exports_every_variant_with_builtin_ops(tmp_path):
 @pytest.mark.slow
 def test_maskformer_exports_every_variant_with_builtin_ops(tmp_path):
     from kseg.models.maskformer import SMALL_CONFIG as MASKFORMER_SMALL
-    from kseg.models.maskformer import MaskFormer
 
-    model = MaskFormer(num_classes=3, num_stuff_classes=3, image_size=SIZE, **MASKFORMER_SMALL)
+    model = build_model("maskformer", num_classes=3, num_stuff_classes=3, input_shape=(*SIZE, 3), **MASKFORMER_SMALL)
     report = panoptic_report(model, tmp_path)
     check_variants(report)
     assert report["metric"] == "PQ"
@@ -125,7 +123,7 @@ def test_export_run_of_an_instance_run_writes_what_kseg_export_writes(tmp_path):
     data = {"source": "shapes", "image_size": list(SIZE), "max_instances": 3, "shapes": 8}
     (run / "run.json").write_text(json.dumps({"task": "instance", "data": data, "categories": SHAPE_CATEGORIES,
                                               "model": {"name": "mask_rcnn"}}))
-    MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=SIZE, **SMALL_CONFIG).save(run / "best.keras")
+    build_model("mask_rcnn", "small", num_classes=len(SHAPE_CATEGORIES), input_shape=(*SIZE, 3)).save(run / "best.keras")
     with pytest.raises(ValueError, match="^`images`, `head`: not options of exporting an instance run"):
         export_run(run, tmp_path / "refused", images=str(tmp_path), head="class_map")
     # int8 boxes cannot agree with float ones to 1e-6 of the image size: the int8 variant is flagged.

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from kseg import cli
-from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+from kseg.models import build_model
 from kseg.models.segformer import SegFormer
-from kseg.models.unet import UNet
+from kseg.models.unet import MobileUNet, UNet
 from kseg.training.finetune import init_model, model_expectation, task_families
 
 SEGFORMER = dict(variant=None, widths=[8, 16, 40, 64], depths=[1, 1, 1, 1], decoder_channels=16)
@@ -39,7 +39,7 @@ def test_same_classes_and_size_load_every_weight(tmp_path):
 
 
 def test_other_classes_leave_only_the_classifier_and_other_size_is_said(tmp_path):
-    source = MaskRCNN(num_classes=2, image_size=(64, 64), **SMALL_CONFIG)
+    source = build_model("mask_rcnn", "small", num_classes=2, input_shape=(64, 64, 3))
     path = saved(source, tmp_path)
     with pytest.warns(UserWarning) as said:
         model, report = init_model(path, num_classes=4, size=(96, 128), families=task_families("mask_rcnn"))
@@ -55,6 +55,19 @@ def test_other_classes_leave_only_the_classifier_and_other_size_is_said(tmp_path
         if name not in classifier:
             np.testing.assert_array_equal(value, want[name], err_msg=name)
     assert report["num_classes"] == [2, 4] and report["size"] == [[64, 64], [96, 128]]
+
+
+def test_an_instance_run_refuses_a_panoptic_fpn_file(tmp_path):
+    """A PanopticFPN holds a MaskRCNN (its `detector`) but is none: an instance run refuses its file."""
+    panoptic = build_model("panoptic_fpn", "small", num_classes=2, num_stuff_classes=2, input_shape=(64, 64, 3),
+                           semantic_channels=16)
+    path = saved(panoptic, tmp_path, "panoptic.keras")
+    with pytest.raises(ValueError, match=r"`init` .*panoptic.keras: holds a PanopticFPN; this task trains "
+                                         r"MaskRCNN or TorchvisionMaskRCNN"):
+        init_model(path, num_classes=2, size=(64, 64), families=task_families("mask_rcnn"))
+    assert type(init_model(path, num_classes=2, size=(64, 64), families=task_families("panoptic_fpn"))[0]) is \
+        type(panoptic)
+    assert set(task_families("semantic")) == {UNet, MobileUNet, SegFormer}
 
 
 def test_mismatches_are_named(tmp_path):
@@ -99,7 +112,7 @@ def _trainable(model):
 def test_cli_instance_run_starts_from_the_file(tmp_path, capsys):
     """With a zero learning rate, training leaves the trainable weights where they started: the
     file's (the classifier of the new class count aside), not a fresh initialisation."""
-    source = MaskRCNN(num_classes=2, image_size=(64, 64), **SMALL_CONFIG)
+    source = build_model("mask_rcnn", "small", num_classes=2, input_shape=(64, 64, 3))
     path = saved(source, tmp_path)
     common = ["train", "--task", "instance", "--shapes", "8", "--image-size", "64", "--epochs", "1",
               "--steps-per-epoch", "1", "--batch-size", "2", "--lr", "0", "--quiet"]

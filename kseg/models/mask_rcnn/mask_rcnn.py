@@ -22,11 +22,11 @@ from kseg.layers import FPN, ROIAlign
 from kseg.models.base import (
     LossDictTraining,
     SegmentationModel,
+    check_detector_backbone,
     check_kwargs,
     detector_config_objects,
     detector_input_shape,
     dtype_policy_scope,
-    named_backbone,
 )
 from kseg.models.mask_rcnn import losses
 from kseg.models.mask_rcnn.heads import BoxHead, MaskHead, RPNHead
@@ -44,9 +44,8 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         num_classes: K object classes (the background is class 0, added internally).
         input_shape: (H, W, 3), static; H and W divisible by 32 (default (512, 512, 3)).
         backbone: a keras.Model from input_shape images to {"P2": ..., "P5": ...}
-            (`kseg.backbones.build_backbone`; `kseg.models.build_model` resolves backbone names).
-            A name ("resnet50", "mobilenet_v3_large", "mobilenet_v3_small", "small"; None:
-            "resnet50") is still taken, with `backbone_weights` (None, "imagenet" or a file).
+            (`kseg.backbones.build_backbone`); required, as in keras-hub's task models. Names
+            ("resnet50", "small", ...) and `backbone_weights` go to `kseg.models.build_model`.
         fpn_channels: D (256).
         anchor_sizes: anchor side per level P2..P6 (32..512 px).
         aspect_ratios: anchor h/w ratios (0.5, 1, 2).
@@ -63,10 +62,11 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
             TFLite ops, for export); the two agree to 1e-5. Compiled by XLA
             (`compile(jit_compile=True)`), the model runs "gather" whatever this says.
         paste_masks: output masks in image coordinates (True) or on each box's 28 x 28 grid.
-        image_size: (H, W), the earlier name of `input_shape` (still taken; give one of them).
 
     Example:
-        >>> model = MaskRCNN(num_classes=3, input_shape=(64, 64, 3), **SMALL_CONFIG)
+        >>> from kseg.backbones import build_backbone
+        >>> config = {**SMALL_CONFIG, "backbone": build_backbone("small", (64, 64, 3))}
+        >>> model = MaskRCNN(num_classes=3, input_shape=(64, 64, 3), **config)
         >>> sorted(model.output)
         ['boxes', 'classes', 'masks', 'num_detections', 'scores']
     """
@@ -76,7 +76,6 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         num_classes,
         input_shape=None,
         backbone=None,
-        backbone_weights=None,
         fpn_channels=256,
         anchor_sizes=(32, 64, 128, 256, 512),
         aspect_ratios=(0.5, 1.0, 2.0),
@@ -96,18 +95,17 @@ class MaskRCNN(LossDictTraining, SegmentationModel):
         roi_align_method="crop_and_resize",
         paste_masks=True,
         name="mask_rcnn",
-        image_size=None,
         **kwargs,
     ):
         check_kwargs(type(self).__name__, kwargs)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"`num_classes` must be a positive int (object classes, no background); got {num_classes!r}.")
-        input_shape = detector_input_shape(input_shape, image_size, default=(512, 512, 3))
+        input_shape = detector_input_shape(input_shape, default=(512, 512, 3))
         image_size = input_shape[:2]
         anchors = box_ops.anchor_boxes(image_size, sizes=tuple(anchor_sizes), aspect_ratios=tuple(aspect_ratios),
                                        scales=tuple(anchor_scales))
         with dtype_policy_scope(kwargs.get("dtype")):
-            backbone = named_backbone(backbone, input_shape, backbone_weights)
+            check_detector_backbone(backbone, input_shape)
             fpn = FPN(fpn_channels, name="fpn")
             rpn_head = RPNHead(len(aspect_ratios) * len(anchor_scales), fpn_channels, name="rpn_head")
             box_align = ROIAlign(7, image_size, method=roi_align_method, name="box_roi_align")

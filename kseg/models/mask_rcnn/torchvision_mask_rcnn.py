@@ -86,7 +86,6 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
         rpn_batch_size, rpn_positive_fraction: anchors sampled per image for the RPN loss (256, 0.5).
         roi_batch_size, roi_positive_fraction: ROIs sampled per image for the heads (512, 0.25);
             the background part needs as many training proposals.
-        image_size: (h0, w0), the earlier name of `input_shape` (still taken; give one of them).
 
     Example:
         >>> model = TorchvisionMaskRCNN((64, 96, 3), num_classes=3, min_size=64, max_size=96,
@@ -99,8 +98,8 @@ class TorchvisionMaskRCNN(LossDictTraining, SegmentationModel):
                  box_nms_iou=0.5, max_detections=100, roi_align_method="crop_and_resize", paste_masks=True,
                  trainable_stages=3, rpn_pre_nms_topk_train=2000, rpn_post_nms_topk_train=2000, rpn_batch_size=256,
                  rpn_positive_fraction=0.5, roi_batch_size=512, roi_positive_fraction=0.25,
-                 name="torchvision_mask_rcnn", image_size=None, **kwargs):
-        input_shape = detector_input_shape(input_shape, image_size)
+                 name="torchvision_mask_rcnn", **kwargs):
+        input_shape = detector_input_shape(input_shape)
         image_size = input_shape[:2]
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"`num_classes` must be a positive int (object classes, no background); "

@@ -26,11 +26,11 @@ from kseg.backbones import backbone_config
 from kseg.models.base import (
     LossDictTraining,
     SegmentationModel,
+    check_detector_backbone,
     check_kwargs,
     detector_config_objects,
     detector_input_shape,
     dtype_policy_scope,
-    named_backbone,
 )
 from kseg.models.maskformer.heads import MaskClassificationInference, PixelDecoder, PredictionHeads, TransformerDecoder
 from kseg.models.maskformer.losses import panoptic_targets, set_prediction_losses
@@ -50,8 +50,8 @@ class MaskFormer(LossDictTraining, SegmentationModel):
             K = K_things + S classes are predicted, plus "no object".
         input_shape: (H, W, 3), static; H and W divisible by 32 (default (512, 512, 3)).
         backbone: a keras.Model from input_shape images to {"P2": ..., "P5": ...}
-            (`kseg.backbones.build_backbone`; `kseg.models.build_model` resolves backbone names).
-            A name (None: "resnet50") is still taken, with `backbone_weights` (None, "imagenet").
+            (`kseg.backbones.build_backbone`); required, as in keras-hub's task models. Names
+            ("resnet50", "small", ...) and `backbone_weights` go to `kseg.models.build_model`.
         num_queries: N (100).
         hidden_dim: D, the transformer width (256).
         num_layers: transformer decoder layers (6).
@@ -65,10 +65,11 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         deep_supervision: the loss after every decoder layer (True) or after the last only.
         object_threshold, overlap_threshold, mask_threshold, min_area: panoptic inference
             (0.8, 0.8, 0.5, 0 pixels; `mask_classification_panoptic`).
-        image_size: (H, W), the earlier name of `input_shape` (still taken; give one of them).
 
     Example:
-        >>> model = MaskFormer(num_classes=3, num_stuff_classes=2, input_shape=(64, 64, 3), **SMALL_CONFIG)
+        >>> from kseg.backbones import build_backbone
+        >>> config = {**SMALL_CONFIG, "backbone": build_backbone("small", (64, 64, 3))}
+        >>> model = MaskFormer(num_classes=3, num_stuff_classes=2, input_shape=(64, 64, 3), **config)
         >>> tuple(model.output["class_probs"].shape), tuple(model.output["mask_logits"].shape)
         ((None, 10, 6), (None, 10, 16, 16))
     """
@@ -79,7 +80,6 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         num_stuff_classes=0,
         input_shape=None,
         backbone=None,
-        backbone_weights=None,
         num_queries=100,
         hidden_dim=256,
         num_layers=6,
@@ -98,7 +98,6 @@ class MaskFormer(LossDictTraining, SegmentationModel):
         mask_threshold=0.5,
         min_area=0,
         name="maskformer",
-        image_size=None,
         **kwargs,
     ):
         check_kwargs(type(self).__name__, kwargs)
@@ -108,10 +107,10 @@ class MaskFormer(LossDictTraining, SegmentationModel):
                 raise ValueError(f"`{arg}` must be an int >= {low}; got {value!r}.")
         if num_classes + num_stuff_classes < 1:
             raise ValueError("MaskFormer needs at least one class: num_classes + num_stuff_classes is 0.")
-        input_shape = detector_input_shape(input_shape, image_size, default=(512, 512, 3))
+        input_shape = detector_input_shape(input_shape, default=(512, 512, 3))
         image_size = input_shape[:2]
         with dtype_policy_scope(kwargs.get("dtype")):
-            backbone = named_backbone(backbone, input_shape, backbone_weights)
+            check_detector_backbone(backbone, input_shape)
             pixel_decoder = PixelDecoder(pixel_decoder_channels, mask_dim, name="pixel_decoder")
             transformer_decoder = TransformerDecoder(num_queries, hidden_dim, num_layers, num_heads, ffn_dim, dropout,
                                                      name="transformer_decoder")

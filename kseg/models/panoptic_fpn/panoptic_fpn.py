@@ -51,8 +51,7 @@ class PanopticFPN(LossDictTraining, SegmentationModel):
 
     `panoptic_fpn_parts` builds the three parts from plain values (K thing classes, S stuff
     classes, widths and the fusion's rules); `kseg.models.build_model("panoptic_fpn", ...)`
-    and `from_config` use it. During a transition the constructor still takes those plain
-    values in place of the parts (`PanopticFPN(num_classes=2, num_stuff_classes=3, ...)`).
+    and `from_config` use it.
 
     Example:
         >>> from kseg.models.mask_rcnn import SMALL_CONFIG
@@ -65,10 +64,11 @@ class PanopticFPN(LossDictTraining, SegmentationModel):
     def __init__(self, detector=None, semantic_head=None, fusion=None, semantic_loss_weight=0.5,
                  name="panoptic_fpn", **kwargs):
         keras_kwargs = {k: kwargs.pop(k) for k in KERAS_MODEL_KWARGS if k in kwargs}
-        if detector is None:  # plain values (the earlier constructor)
-            detector, semantic_head, fusion = panoptic_fpn_parts(**keras_kwargs, **kwargs)
-        else:
-            check_kwargs(type(self).__name__, kwargs)
+        if detector is None:
+            raise ValueError(f"PanopticFPN takes its parts: `detector`, `semantic_head` and `fusion`; got None and "
+                             f"{sorted(kwargs)}. Build one from plain values with kseg.models.build_model("
+                             f"\"panoptic_fpn\", preset, ...) or PanopticFPN(*panoptic_fpn_parts(...)).")
+        check_kwargs(type(self).__name__, kwargs)
         _check_parts(detector, semantic_head, fusion)
         with dtype_policy_scope(keras_kwargs.get("dtype")):
             image = keras.Input(detector.image_shape, name="image")

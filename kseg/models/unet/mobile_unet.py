@@ -18,7 +18,8 @@ from keras import layers
 from kseg.backbones import tap_strides
 from kseg.backbones.application_weights import build_application
 from kseg.models.unet import blocks
-from kseg.models.base import SegmentationModel, check_choice, check_kwargs, dtype_policy_scope
+from kseg.models.base import SegmentationModel, check_kwargs, dtype_policy_scope
+from kseg.ops.checks import check_choice
 
 ENCODERS = ("mobilenetv3_small", "mobilenetv3_large", "inverted_residual", "separable")
 
