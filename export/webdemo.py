@@ -9,7 +9,8 @@ With no --run it uses `kseg-demo/run` (what `kseg demo` writes), training it fir
 3 minutes on 2 cores) when it is not there. It also exports a person segmenter, listed first with
 blur as its effect, when a person run exists at `runs/person` (where the README's "Person
 segmentation for AR" training command writes it), or at --person-run RUN / $KSEG_PERSON_RUN;
-otherwise it prints one line saying how to train one (about an hour; nothing is trained here). Each run is exported by `export.export_run` (what
+otherwise it prints one line saying how to train one (about an hour; nothing is trained here).
+With --run or --instance-model, only those are exported (and --person-run's run, if given). Each run is exported by `export.export_run` (what
 `kseg export` runs) to every variant (fp32, fp16, dynamic, int8) at the run's image size, uint8
 camera input, logits out and TFLite metadata, so the same files also run in MediaPipe's Image
 Segmenter.
@@ -442,14 +443,16 @@ def main(argv=None):
     if args.name and len(args.run or []) + len(args.instance_model or []) > 1:
         parser.error("--name names a single --run or --instance-model; rename export folders one at a time")
     try:
-        person = None if args.index_only else person_run(args.person_run)
+        # With --run or --instance-model only those are exported, unless --person-run names one.
+        own = args.index_only or ((args.run or args.instance_model) and not args.person_run)
+        person = None if own else person_run(args.person_run)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.if_missing and (out / INDEX).exists():
         if person is None or (out / PERSON_NAME / "export_report.json").exists():
             print(f"{out / INDEX} exists; keeping it (remove it, or run without --if-missing, to export again)")
-            if person is None:
+            if person is None and not own:
                 print(person_hint())
             return 0
         args.index_only = True  # the person run alone is new
@@ -481,7 +484,7 @@ def main(argv=None):
     for entry in index["models"]:
         print(f"{entry['name']:<28} {entry['size_bytes'] / 1e6:7.2f} MB  {entry['file']}")
     print(f"wrote {out / INDEX}")
-    if person is None and not args.index_only:
+    if person is None and not own:
         print(person_hint())
     return 0
 

@@ -397,13 +397,13 @@ def instance_site(site):
     from export.video import write_y4m
     from kseg.data.instances import instance_dataset
     from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
-    from kseg.models.mask_rcnn import SMALL_CONFIG, MaskRCNN
+    from kseg.models import build_model
 
     keras.utils.set_random_seed(0)
     examples = shapes_dataset_examples(8, seed=3, image_size=INSTANCE_SIZE, max_instances=3, min_size=12)
     data = instance_dataset(examples, image_size=INSTANCE_SIZE, max_instances=6, batch_size=4, shuffle=False,
                             flip=False)
-    model = MaskRCNN(num_classes=len(SHAPE_CATEGORIES), image_size=INSTANCE_SIZE, **SMALL_CONFIG)
+    model = build_model("mask_rcnn", "small", num_classes=len(SHAPE_CATEGORIES), input_shape=(*INSTANCE_SIZE, 3))
     model.compile(optimizer=keras.optimizers.Adam(2e-3, clipnorm=10.0))
     model.fit(data, steps_per_epoch=80, epochs=1, verbose=0)
 
@@ -600,9 +600,11 @@ def person_exports(tmp_path_factory):
         isbi_stamp = isbi_file.stat().st_mtime_ns
         person = _webdemo_main(["--out", str(models), "--if-missing"])
         again = _webdemo_main(["--out", str(models), "--if-missing"])
+        own = _webdemo_main(["--out", str(root / "own"), "--run", str(webdemo.DEFAULT_RUN), "--name", "mine"])
+        own_index = json.loads((root / "own" / "index.json").read_text())
     index = json.loads((models / "index.json").read_text())
     return {"models": models, "fallback": fallback, "fallback_index": fallback_index, "person": person,
-            "again": again, "index": index, "isbi_kept": isbi_file.stat().st_mtime_ns == isbi_stamp}
+            "again": again, "own": own, "own_index": own_index, "index": index, "isbi_kept": isbi_file.stat().st_mtime_ns == isbi_stamp}
 
 
 def _readme_person_train_command():
@@ -648,6 +650,16 @@ def test_webdemo_exports_a_person_run_first_with_blur_as_its_effect(person_expor
     code, printed = person_exports["again"]
     assert code == 0 and printed == [f"{person_exports['models'] / 'index.json'} exists; keeping it (remove it, or "
                                      "run without --if-missing, to export again)"]
+
+
+def test_webdemo_with_runs_named_exports_only_those(person_exports):
+    from export import webdemo
+
+    code, printed = person_exports["own"]
+    assert code == 0, printed
+    assert [e["name"] for e in person_exports["own_index"]["models"]] == [
+        f"mine_{v}" for v in ("fp32", "fp16", "dynamic", "int8")]
+    assert webdemo.person_hint() not in printed
 
 
 def test_webdemo_person_run_option_names_a_missing_folder(tmp_path, capsys):
