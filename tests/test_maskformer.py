@@ -123,7 +123,7 @@ def test_config_round_trip_and_reload(tmp_path):
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="num_queries"):
         small_model(num_queries=0)
-    with pytest.raises(TypeError, match="unexpected"):
+    with pytest.raises(ValueError, match=r"unexpected keyword arguments \['queries'\]"):
         small_model(queries=5)
 
 
