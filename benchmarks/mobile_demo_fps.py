@@ -40,7 +40,7 @@ def camera_frames(count=8):
 
 
 def page_rows(url, entries, work, shots, video, seconds):
-    from export import webdemo
+    from export import page
 
     rows = []
     configs = [(e, "litert", "wasm") for e in entries]
@@ -51,7 +51,7 @@ def page_rows(url, entries, work, shots, video, seconds):
         steps = [{"wait": "ready", "frames": 5}, {"measure": "m", "seconds": seconds}, {"stats": "s"}]
         shot = Path(shots) / f"{entry['variant']}_{runtime}_{accelerator}.png"
         steps.append({"screenshot": str(shot)})
-        result = webdemo.drive(url + query, steps, work, video=video, webgpu=accelerator == "webgpu")
+        result = page.drive(url + query, steps, work, video=video, webgpu=accelerator == "webgpu")
         m, s = result["m"], result["s"]
         rows.append({
             "path": "browser",
@@ -75,14 +75,14 @@ def effect_screenshots(url, entry, work, shots, video):
     """One phone-sized screenshot per effect with `entry`, and all four side by side (effects.png)."""
     from PIL import Image
 
-    from export import webdemo
+    from export import page
     from kseg.viz import save_png, side_by_side
 
     effects = ("blur", "replace", "classes", "outlines")
     steps = [{"wait": "ready", "frames": 3}]
     for effect in effects:
         steps += [{"effect": effect}, {"wait": "ready", "frames": 2}, {"screenshot": str(Path(shots) / f"{effect}.png")}]
-    webdemo.drive(f"{url}?model={entry['name']}", steps, work, video=video)
+    page.drive(f"{url}?model={entry['name']}", steps, work, video=video)
     panels = [np.asarray(Image.open(Path(shots) / f"{e}.png").convert("RGB")) for e in effects]
     path = Path(shots) / "effects.png"
     save_png(path, side_by_side(panels, titles=list(effects)))
@@ -124,14 +124,15 @@ def main():
     args = parser.parse_args()
 
     from export import webdemo
+    from export import page
     from export.video import write_y4m
 
-    missing = webdemo.missing_tools()
+    missing = page.missing_tools()
     if missing:
         sys.exit(f"this benchmark needs {missing}")
     with tempfile.TemporaryDirectory(prefix="kseg-demo-fps-") as work:
         work = Path(work)
-        site = webdemo.build_site(work / "dist")
+        site = page.build_site(work / "dist")
         models = site / "models"
         argv = ["--out", str(models)] + (["--run", args.run] if args.run else [])
         if webdemo.main(argv) != 0:
@@ -144,7 +145,7 @@ def main():
         write_y4m(long_video, (frames[i % len(frames)] for i in range(args.frames)), fps=30)
         shots = Path(__file__).parent / "results" / "mobile_demo"
         shots.mkdir(parents=True, exist_ok=True)
-        with webdemo.serve(site) as url:
+        with page.serve(site) as url:
             rows = page_rows(url, entries, work, shots, video, args.seconds)
             int8 = next(e for e in entries if e["variant"] == "int8")
             effect_screenshots(url, int8, work, shots, video)

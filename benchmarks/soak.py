@@ -268,13 +268,13 @@ def soak_page(site, seconds, window_s, interval=5.0, warmup_s=PAGE_WARMUP_S):
     """The demo page on the fake camera for `seconds`: timings and JS heap from the page (drive.mjs's
     soak step, every `interval` s), the Chromium processes' PSS from /proc every `interval` s.
     The first `warmup_s` seconds (None: WARMUP_FRACTION of the run) are the warm-up."""
-    from export import webdemo
+    from export import page
 
     steps = [{"wait": "ready", "frames": 5}, {"soak": "soak", "seconds": seconds, "interval": interval}]
     sampler = Sampler(lambda: chromium_memory(os.getpid()), interval=interval)
     sampler.start()
     try:
-        result = webdemo.drive(site["url"] + "?model=unet_fp32&effect=blur", steps, site["work"], video=site["video"],
+        result = page.drive(site["url"] + "?model=unet_fp32&effect=blur", steps, site["work"], video=site["video"],
                                timeout_ms=max(90000, int(seconds * 1000)))
     finally:
         samples = sampler.stop()
@@ -301,12 +301,13 @@ def export_site(work, model=None, gpu_model=True):
     `model`: the Keras U-Net (default: tests.testing.trained_isbi_unet's, trained here).
     """
     from export import webdemo
+    from export import page
     from export.report import export_model
     from export.video import write_y4m
     from tests.testing import sample_examples, trained_isbi_unet
 
     work = Path(work)
-    dist = webdemo.build_site(work / "dist")
+    dist = page.build_site(work / "dist")
     model = model if model is not None else trained_isbi_unet()[0]
     folder = dist / "models" / "unet"
     report = export_model(model, folder, examples=sample_examples(size=MODEL_SIZE, channels=3, limit=4),
@@ -400,7 +401,7 @@ def main(argv=None):
         parser.error(f"--paths: unknown {unknown}; expected some of {', '.join(PATHS)}")
 
     from benchmarks.common import print_table
-    from export import webdemo
+    from export import page
 
     work = Path(args.work or tempfile.mkdtemp(prefix="kseg-soak-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -419,10 +420,10 @@ def main(argv=None):
         elif name == "video":
             results[name], series[name] = soak_video(site["model"], args.video_frames, args.window_s, work, args.threads)
         else:
-            missing = webdemo.missing_tools()
+            missing = page.missing_tools()
             if missing:
                 sys.exit(f"the page soak needs {missing}")
-            with webdemo.serve(site["dist"]) as url:
+            with page.serve(site["dist"]) as url:
                 results[name], series[name] = soak_page({**site, "url": url}, args.page_seconds, args.window_s,
                                                         warmup_s=args.page_warmup_s)
         t0 = series[name]["t"][0]

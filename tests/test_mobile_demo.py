@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def browser_ready():
-    from export.webdemo import missing_tools
+    from export.page import missing_tools
 
     missing = missing_tools()
     if missing:
@@ -63,13 +63,14 @@ def _frames():
 def site(browser_ready, trained_unet, tmp_path_factory):
     """The demo built, four exported variants, the fake camera video and a running server."""
     from export import webdemo
+    from export import page
     from export.report import export_model
     from export.video import write_y4m
     from kseg.data.samples import isbi_sample_dirs
     from tests.testing import sample_examples
 
     root = tmp_path_factory.mktemp("demo")
-    dist = webdemo.build_site(root / "dist")
+    dist = page.build_site(root / "dist")
     model, _ = trained_unet
     examples = sample_examples(size=MODEL_SIZE, channels=3, limit=4)
     report = export_model(model, dist / "models" / "unet", examples=examples, image_size=(MODEL_SIZE, MODEL_SIZE),
@@ -83,7 +84,7 @@ def site(browser_ready, trained_unet, tmp_path_factory):
     video = root / "camera.y4m"
     write_y4m(video, frames, fps=10)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with webdemo.serve(dist) as url:
+    with page.serve(dist) as url:
         yield {"url": url, "dist": dist, "root": root, "video": video, "frames": frames, "index": index,
                "models": {e["variant"]: dist / "models" / e["file"] for e in index["models"]}}
 
@@ -91,7 +92,7 @@ def site(browser_ready, trained_unet, tmp_path_factory):
 def drive(site, query, steps, webgpu=False, video=True):
     """The page at `query`, driven through `steps` (see mobile_demo/tests/drive.mjs); `video`: the
     site's fake camera (True), none (False) or another .y4m."""
-    from export.webdemo import drive as run_steps
+    from export.page import drive as run_steps
 
     video = site["video"] if video is True else video or None
     try:

@@ -136,10 +136,10 @@ def test_page_soak(browser_ready, trained_unet, tmp_path):  # noqa: F811
     Chromium's own PSS is measured but not checked here: its frame cache takes about two minutes
     to fill (benchmarks.soak.PAGE_WARMUP_S), longer than this test.
     """
-    from export import webdemo
+    from export import page
 
     site = soak.export_site(tmp_path, model=trained_unet[0], gpu_model=False)
-    with webdemo.serve(site["dist"]) as url:
+    with page.serve(site["dist"]) as url:
         result, _ = soak.soak_page({**site, "url": url}, 25, WINDOW_S, interval=1.0, warmup_s=None)
     assert result["frames"] >= 100 and result["dropped_timings"] == 0
     memory = result["memory"]
