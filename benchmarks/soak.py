@@ -58,7 +58,7 @@ PATHS = ("runner-cpu", "runner-gpu", "video", "page")
 MODEL_SIZE = 256
 GPU_SIZE = 64  # the GPU soak's input side (see export_site)
 GPU_MAX_S = 900.0  # the GPU soak's time budget: SwiftShader emulates the GPU on the CPU, slowly
-VIDEO_SIZE = (360, 480)  # H, W: the fake camera's and the clip's frames, as in tests/test_mobile_demo.py
+VIDEO_SIZE = (360, 480)  # H, W: the fake camera's and the clip's frames, as in tests/mobile_demo/test_mobile_demo.py
 WARMUP_FRACTION = 0.05
 P99_RATIO = 1.5
 # Growth allowed after warm-up, in MB, for each memory series. A leak of one model input

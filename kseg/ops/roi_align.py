@@ -71,7 +71,7 @@ implementation (`kseg.ops.xla.compiling_with_xla`): the same values, so a model 
 training needs no other setting to be compiled. It is about 1.4x slower than
 crop_and_resize for the forward and backward pass on a CPU (measured at 256 x 256, 128 boxes).
 
-Both are tested against torchvision.ops.roi_align (tests/test_roi_align.py, fixtures written by
+Both are tested against torchvision.ops.roi_align (tests/ops/test_roi_align.py, fixtures written by
 tests/reference/make_roi_align_fixtures.py): outputs and feature gradients within 1e-5.
 """
 

@@ -1,5 +1,5 @@
 // Drives the demo in headless Chromium (playwright-core + Debian's /usr/bin/chromium) through a
-// list of steps and writes what it saw as JSON. The assertions live in tests/test_mobile_demo.py.
+// list of steps and writes what it saw as JSON. The assertions live in tests/mobile_demo/test_mobile_demo.py.
 //
 //   node tests/drive.mjs plan.json result.json
 //

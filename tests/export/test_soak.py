@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import soak  # noqa: E402
-from tests.test_mobile_demo import browser_ready  # noqa: E402,F401  (a fixture: skips, or fails under KSEG_REQUIRE_BROWSER=1)
+from tests.mobile_demo.test_mobile_demo import browser_ready  # noqa: E402,F401  (a fixture: skips, or fails under KSEG_REQUIRE_BROWSER=1)
 from tests.export.test_runtime import requires_swiftshader, tiny_models  # noqa: E402
 
 pytestmark = pytest.mark.slow

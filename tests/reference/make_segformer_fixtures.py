@@ -10,7 +10,7 @@ Run with the reference packages installed (no TensorFlow needed):
 `--full VARIANT` writes, instead of the fixtures, a random full-size model (DIR/model.safetensors
 and config.json, as save_pretrained does) and DIR/reference.npz: the real test images it used
 (two CamVid validation photos cropped to 352 x 480, one person-segmentation photo resized to
-352 x 480) and transformers' logits for them. tests/test_weights_segformer.py runs it live.
+352 x 480) and transformers' logits for them. tests/weights/test_weights_segformer.py runs it live.
 
 Files (a few hundred KB in all):
     segformer_tiny_hf5.safetensors   SegformerForSemanticSegmentation.save_pretrained (transformers 5.x names)

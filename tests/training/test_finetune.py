@@ -158,7 +158,7 @@ def test_cli_fine_tunes_a_converted_torchvision_mask_rcnn(tmp_path):
     checkpoint; here the fixture's seeded weights at 64 x 64): two steps on 3 shapes classes leave
     the classifier initialised and then trained, move every other trainable weight, keep the
     frozen stem, layer1 and batch norms as in the file, and the run evaluates."""
-    from tests.test_mask_rcnn_torchvision import tiny_seeded_model
+    from tests.models.test_mask_rcnn_torchvision import tiny_seeded_model
 
     source = tiny_seeded_model()
     path = saved(source, tmp_path, "tv.keras")

@@ -65,7 +65,7 @@ class SegFormer(SegmentationModel):
         B2  encoder 24,196,288 (24.2M)              decoder 3,265,686 (3.3M)  total 27.5M
 
     Decoders and totals round to the paper's figures. The encoder counts follow exactly from
-    the paper's hyperparameters (tests/test_segformer.py writes the formula out); the paper's
+    the paper's hyperparameters (tests/models/test_segformer.py writes the formula out); the paper's
     B0 and B1 encoder figures equal its total minus its rounded decoder (3.753 - 0.4 -> 3.4,
     13.716 - 0.6 -> 13.1), a rounding artefact rather than a missing or extra layer.
 

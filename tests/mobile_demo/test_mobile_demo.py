@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "mobile_demo"
 SWIFTSHADER = Path("/usr/lib/chromium/vk_swiftshader_icd.json")
 ARTIFACTS = Path(os.environ.get("KSEG_TEST_ARTIFACTS", DEMO / "test-artifacts"))

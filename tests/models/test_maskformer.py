@@ -271,7 +271,7 @@ def test_fit_runs_under_a_mirrored_strategy_with_the_numpy_matcher(tmp_path):
         "history = model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0).history\n"
         "json.dump({'replicas': strategy.num_replicas_in_sync, 'loss': history['loss']}, sys.stdout)\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, str(script)], check=True, cwd=root, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "2"})
     result = json.loads(done.stdout.strip().splitlines()[-1])

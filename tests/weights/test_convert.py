@@ -12,7 +12,7 @@ from kseg import cli
 from kseg.weights.convert import convert, detect_kind
 from kseg.weights.segformer import load_segformer
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SIZE = (64, 96)
 
 
@@ -89,7 +89,7 @@ def test_torchvision_mask_rcnn_round_trip(tmp_path):
     """The seeded full-size state dict of tests/fixtures/mask_rcnn_torchvision.npz (44.5M weights),
     converted with `kseg convert`, reloads as the loader's own model: same outputs."""
     from kseg.weights.mask_rcnn_torchvision import mask_rcnn_from_torchvision
-    from tests.test_mask_rcnn_torchvision import _config, _state_dict
+    from tests.models.test_mask_rcnn_torchvision import _config, _state_dict
 
     reference = np.load(FIXTURES / "mask_rcnn_torchvision.npz")
     checkpoint = tmp_path / "maskrcnn_resnet50_fpn.npz"

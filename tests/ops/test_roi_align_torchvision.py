@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from kseg.ops.roi_align import assign_levels, roi_align
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/
 FIXTURE = HERE / "fixtures" / "roi_align_torchvision.npz"
 SCRIPT = HERE / "reference" / "make_roi_align_fixtures.py"
 CASES = ("p2", "pyramid")

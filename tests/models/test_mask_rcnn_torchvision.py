@@ -19,7 +19,7 @@ from kseg.ops import boxes as box_ops
 from kseg.weights.mask_rcnn_torchvision import StateDictMismatch, current_names, load_torchvision_mask_rcnn
 from tests import testing
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 FIXTURE = os.path.join(HERE, "fixtures", "mask_rcnn_torchvision.npz")
 SCRIPT = os.path.join(HERE, "reference", "make_mask_rcnn_fixtures.py")
 # Targets of the issue: classes equal, boxes within 1e-3 of the image size, scores within 1e-4,

@@ -5,7 +5,7 @@ import pytest
 
 from kseg.layers import ROIAlign
 from kseg.ops.roi_align import roi_align
-from tests.test_roi_align import random_features
+from tests.ops.test_roi_align import random_features
 
 
 def test_arguments_are_validated():

@@ -23,8 +23,8 @@ from kseg.models import SegFormer
 from kseg.weights import load_segformer, read_state_dict, write_safetensors
 from tests import testing
 
-FIXTURES = Path(__file__).parent / "fixtures"
-SCRIPT = Path(__file__).parent / "reference" / "make_segformer_fixtures.py"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SCRIPT = Path(__file__).resolve().parents[1] / "reference" / "make_segformer_fixtures.py"
 TOLERANCE = 1e-5  # max |kseg - reference| / max |reference|
 SIZE = (64, 96, 3)
 OLD_CONVENTIONS = dict(normalization="symmetric", layer_norm_epsilon=1e-6, stage_norm_epsilon=1e-6,
