@@ -30,7 +30,7 @@ def main():
     import keras
     import tensorflow as tf
 
-    from kseg.data.instances import instance_dataset
+    from kseg.data.instance_pipeline import instance_dataset
     from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
     from kseg.models import build_model
 

@@ -34,7 +34,7 @@ def main():
 
     import keras
 
-    from kseg.data.instances import instance_dataset
+    from kseg.data.instance_pipeline import instance_dataset
     from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
     from kseg.models import build_model, model_presets
     from kseg.training.detection_eval import evaluate_instance_model

@@ -372,6 +372,3 @@ def _read_any_image(path):
         return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
-
-# The padded tf.data reader of these examples, importable from here as before.
-from kseg.data.instance_pipeline import instance_dataset, pad_instances  # noqa: E402, F401

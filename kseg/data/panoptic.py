@@ -368,6 +368,3 @@ def _json_default(value):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-
-# COCO panoptic examples as Panoptic FPN trains on them, importable from here as before.
-from kseg.data.panoptic_training import panoptic_training_example, training_categories  # noqa: E402, F401

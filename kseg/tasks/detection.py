@@ -3,7 +3,7 @@ run on its validation examples and the options of `kseg train` for detection dat
 
 import os
 
-from kseg.data.instances import instance_dataset
+from kseg.data.instance_pipeline import instance_dataset
 from kseg.tasks.base import Task
 from kseg.training.detection_loop import train_detection
 from kseg.training.detection_runs import default_model_path, load_model_file

@@ -1,6 +1,6 @@
 """The panoptic task: Panoptic FPN or MaskFormer on COCO panoptic data or synthetic shapes over stuff.
 
-Categories use kseg's panoptic ids (`kseg.data.panoptic.training_categories`): things 1..K,
+Categories use kseg's panoptic ids (`kseg.data.panoptic_training.training_categories`): things 1..K,
 stuff K+1..K+S, each with its file id as "coco_id". Example contract (one image):
 
     image     [H, W, 3]; boxes, classes, masks, iscrowd: the thing segments

@@ -2,12 +2,13 @@
 
 Examples follow the `kseg.training.examples` contract, read when indexed. Instance
 categories are [K] dicts {"id": 1..K, "name", "coco_id"}; panoptic ones are kseg's panoptic
-ids (`kseg.data.panoptic.training_categories`): things 1..K, stuff K+1..K+S.
+ids (`kseg.data.panoptic_training.training_categories`): things 1..K, stuff K+1..K+S.
 """
 
 from kseg import data as kdata
 from kseg.data.instances import read_coco_instances, read_instance_label_map
-from kseg.data.panoptic import panoptic_training_example, read_coco_panoptic, training_categories
+from kseg.data.panoptic import read_coco_panoptic
+from kseg.data.panoptic_training import panoptic_training_example, training_categories
 from kseg.data.panoptic_shapes import PANOPTIC_SHAPE_CATEGORIES, panoptic_shapes_examples
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from kseg.data.yolo import read_yolo_data, read_yolo_yaml

@@ -45,7 +45,7 @@ def split_categories(categories, model_name):
                          f"for {model_name}")
     if [c["id"] for c in categories] != list(range(1, len(categories) + 1)) or any(c["isthing"] for c in stuff):
         raise ValueError("categories must be kseg's panoptic ids: things 1..K then stuff K+1..K+S "
-                         "(kseg.data.panoptic.training_categories)")
+                         "(kseg.data.panoptic_training.training_categories)")
     return things, stuff
 
 

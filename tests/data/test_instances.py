@@ -10,14 +10,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from kseg.data import DataError
-from kseg.data.instances import (
-    CocoInstances,
-    instance_dataset,
-    masks_to_boxes,
-    pad_instances,
-    read_coco_instances,
-    read_instance_label_map,
-)
+from kseg.data.instance_pipeline import instance_dataset, pad_instances
+from kseg.data.instances import CocoInstances, masks_to_boxes, read_coco_instances, read_instance_label_map
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples, shapes_example
 from tests.testing import SHARED_DATA, requires_shared_data
 
@@ -374,8 +368,8 @@ def test_shapes_overlap_option():
 def test_docstring_examples_run():
     import doctest
 
-    from kseg.data import instances, shapes
+    from kseg.data import instance_pipeline, instances, shapes
 
-    for module in (instances, shapes):
+    for module in (instances, instance_pipeline, shapes):
         failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert attempted > 0 and failed == 0, module.__name__

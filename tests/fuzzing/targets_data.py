@@ -302,7 +302,7 @@ def _panoptic_case(rng, seeds, folder):
 
 def _parse_panoptic(case):
     from kseg.data import read_coco_panoptic
-    from kseg.data.panoptic import panoptic_training_example, training_categories
+    from kseg.data.panoptic_training import panoptic_training_example, training_categories
 
     examples, categories = read_coco_panoptic(case["json"], case["pngs"], case["images"])
     kseg_categories = training_categories(categories) if categories and case["images"] else None

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from kseg.data import DataError
-from kseg.data.instances import instance_dataset, masks_to_boxes, read_coco_instances
+from kseg.data.instance_pipeline import instance_dataset
+from kseg.data.instances import masks_to_boxes, read_coco_instances
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from kseg.metrics.coco import InstanceAP, coco_detections, coco_ground_truth, evaluate_instances
 from tests.testing import SHARED_DATA, requires_shared_data

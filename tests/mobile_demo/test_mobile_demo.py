@@ -396,7 +396,7 @@ def instance_site(site):
 
     from export import webdemo
     from export.video import write_y4m
-    from kseg.data.instances import instance_dataset
+    from kseg.data.instance_pipeline import instance_dataset
     from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
     from kseg.models import build_model
 

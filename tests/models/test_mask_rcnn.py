@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg.data.instances import instance_dataset
+from kseg.data.instance_pipeline import instance_dataset
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from export.tflite import compare_detections, detector_tflite
 from kseg.models import build_model

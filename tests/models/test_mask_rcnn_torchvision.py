@@ -364,7 +364,7 @@ def test_fit_one_step_trains_all_but_the_frozen_parts():
     batch norms, the stem and layer1 (torchvision's trainable_layers=3) stay as loaded."""
     import keras
 
-    from kseg.data.instances import instance_dataset
+    from kseg.data.instance_pipeline import instance_dataset
     from kseg.data.shapes import shapes_dataset_examples
 
     model = tiny_seeded_model()

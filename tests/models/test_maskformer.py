@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg.data.instances import instance_dataset
+from kseg.data.instance_pipeline import instance_dataset
 from kseg.data.panoptic_shapes import PANOPTIC_SHAPE_CATEGORIES, panoptic_shapes_examples
 from kseg.models import build_model
 from kseg.models.maskformer import (
@@ -22,7 +22,7 @@ from kseg.models.maskformer import (
     sine_positional_encoding,
 )
 from kseg.models.maskformer import maskformer as maskformer_module
-from kseg.training.panoptic import evaluate_panoptic_model, predicted_segments
+from kseg.training.detection_eval import evaluate_panoptic_model, predicted_segments
 from tests import testing
 
 SIZE = (64, 64)
@@ -258,7 +258,7 @@ def test_fit_runs_under_a_mirrored_strategy_with_the_numpy_matcher(tmp_path):
         "import numpy as np, keras\n"
         "from kseg.training.strategy import get_strategy\n"
         "strategy = get_strategy('mirrored', cpu_replicas=2)\n"
-        "from kseg.data.instances import instance_dataset\n"
+        "from kseg.data.instance_pipeline import instance_dataset\n"
         "from kseg.data.panoptic_shapes import panoptic_shapes_examples\n"
         "from kseg.models import build_model\n"
         "from kseg.models.maskformer import SMALL_CONFIG\n"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg.data.instances import instance_dataset
+from kseg.data.instance_pipeline import instance_dataset
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from kseg.models import build_model
 from kseg.models.panoptic_fpn import IGNORE, semantic_cross_entropy

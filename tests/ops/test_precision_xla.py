@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg.data.instances import instance_dataset
+from kseg.data.instance_pipeline import instance_dataset
 from kseg.data.panoptic_shapes import PANOPTIC_SHAPE_CATEGORIES, panoptic_shapes_examples
 from kseg.data.shapes import SHAPE_CATEGORIES, shapes_dataset_examples
 from kseg.losses import SparseCrossEntropy

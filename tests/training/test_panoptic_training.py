@@ -11,13 +11,9 @@ from PIL import Image
 from kseg import viz
 from kseg.cli import main as cli_main
 from kseg.data import DataError
-from kseg.data.instances import instance_dataset
-from kseg.data.panoptic import (
-    panoptic_training_example,
-    read_coco_panoptic,
-    training_categories,
-    write_coco_panoptic,
-)
+from kseg.data.instance_pipeline import instance_dataset
+from kseg.data.panoptic import read_coco_panoptic, write_coco_panoptic
+from kseg.data.panoptic_training import panoptic_training_example, training_categories
 from kseg.data.panoptic_shapes import PANOPTIC_SHAPE_CATEGORIES, panoptic_shapes_examples
 from kseg.metrics.panoptic import evaluate_panoptic_folders
 from kseg.training.detection_eval import evaluate_panoptic_model

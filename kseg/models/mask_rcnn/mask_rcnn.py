@@ -9,7 +9,7 @@
 The functional graph is the inference path, the graph that `export` converts. Training runs
 the same layers in `train_step` with targets computed in the graph from padded ground truth, so
 plain `model.fit(dataset)` trains it: the dataset yields dicts {"image", "boxes", "classes",
-"masks"} (kseg.data.instances.instance_dataset), classes 0 marking padding.
+"masks"} (kseg.data.instance_pipeline.instance_dataset), classes 0 marking padding.
 """
 
 import types

@@ -20,7 +20,7 @@ that image size.
 Fine-tuning. The functional graph above is the inference path, torchvision's; `fit` trains the
 same layers with kseg's Mask R-CNN training (`LossDictTraining`, the targets and samplers of
 `kseg.models.mask_rcnn.targets`, the five losses of `MaskRCNN`) on the batches of
-`kseg.data.instances.instance_dataset` (ground truth in original-image pixels):
+`kseg.data.instance_pipeline.instance_dataset` (ground truth in original-image pixels):
 
     batch        "image" [B, h0, w0, 3], "boxes" [B, M, 4] (y1, x1, y2, x2) pixels, "classes"
                  [B, M] (1..K, 0 pads), "masks" [B, M, h0, w0], optional "seed" [B, 2]
