@@ -157,6 +157,7 @@ def test_export_writes_a_tflite_detector_that_matches_keras(shapes_run, tmp_path
     assert "key 'min_agreement', expected one of max_box_error" in capsys.readouterr().err
 
 
+@requires_shared_data
 def test_train_from_a_coco_json_on_the_real_sample(tmp_path):
     out = tmp_path / "coco"
     code = run_cli("train", "--task", "instance", "--coco-json", COCO_SAMPLE / "panoptic_coco_detection_format.json",
