@@ -209,11 +209,7 @@ def _inverted_residual_block(x, filters, *, strides, expansion, name):
     x = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw")(x)
     x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
     x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
-    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(x)
-    x = layers.BatchNormalization(name=f"{name}_project_bn")(x)
-    if strides == 1 and shortcut.shape[-1] == filters:
-        x = layers.Add(name=f"{name}_add")([shortcut, x])
-    return x
+    return _project(x, shortcut, filters, strides=strides, name=name)
 
 
 def _fused_block(x, filters, *, strides, expansion, name):
@@ -223,6 +219,11 @@ def _fused_block(x, filters, *, strides, expansion, name):
                       name=f"{name}_fused")(x)
     x = layers.BatchNormalization(name=f"{name}_fused_bn")(x)
     x = layers.ReLU(6.0, name=f"{name}_fused_relu")(x)
+    return _project(x, shortcut, filters, strides=strides, name=name)
+
+
+def _project(x, shortcut, filters, *, strides, name):
+    """The blocks' shared end: project 1x1 + BN, plus the block's input when the shapes match."""
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(x)
     x = layers.BatchNormalization(name=f"{name}_project_bn")(x)
     if strides == 1 and shortcut.shape[-1] == filters:
