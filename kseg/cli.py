@@ -32,7 +32,8 @@ _SEMANTIC_ONLY = [("masks", "--masks", None), ("num_classes", "--num-classes", N
                   ("val_masks", "--val-masks", None), ("ignore_class", "--ignore-class", None),
                   ("remap", "--remap", None), ("channels", "--channels", 3),
                   ("native_size", "--native-size", False), ("crop_size", "--crop-size", None),
-                  ("model", "--model", None), ("loss", "--loss", None), ("class_weights", "--class-weights", None)]
+                  ("model", "--model", None), ("loss", "--loss", None), ("class_weights", "--class-weights", None),
+                  ("augment_settings", "--augment", [])]
 _INSTANCE_ONLY = [("coco_json", "--coco-json", None), ("val_coco_json", "--val-coco-json", None),
                   ("label_maps", "--label-maps", None), ("val_label_maps", "--val-label-maps", None),
                   ("yolo_data", "--yolo-data", None), ("shapes", "--shapes", None),
@@ -64,6 +65,13 @@ def _reject_other_tasks(args):
             ("class_names", "--class-names", None)], "kseg train --task panoptic (categories come from the data)")
 
 
+def augment_option(args):
+    """`train`'s `augment` from --no-augment and --augment KEY=VALUE (semantic only)."""
+    if args.augment_settings and args.no_augment:
+        raise ValueError("--augment and --no-augment: expected one of them, not both")
+    return dict(args.augment_settings) if args.augment_settings else not args.no_augment
+
+
 def cmd_train(args):
     _reject_other_tasks(args)
     from kseg import tasks
@@ -78,7 +86,7 @@ def cmd_train(args):
         args.output, task=args.task, model=args.model, preset=args.model_config, model_kwargs=dict(args.settings),
         init=args.init, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         learning_rate=args.lr, schedule=args.schedule, loss=args.loss, class_weights=args.class_weights,
-        augment=not args.no_augment, strategy=args.strategy, cpu_replicas=args.cpu_replicas,
+        augment=augment_option(args), strategy=args.strategy, cpu_replicas=args.cpu_replicas,
         lr_reference_batch=args.lr_reference_batch, mixed_precision=args.mixed_precision,
         jit_compile=args.jit_compile, time_budget=args.time_budget, seed=args.seed, verbose=0 if args.quiet else 1,
         **data,
@@ -208,7 +216,7 @@ NEEDS_TENSORFLOW = ("train", "evaluate", "predict", "export", "demo", "convert",
 # Library errors name Python arguments in backquotes (`val_fraction`); the command's flag of each is
 # --the-name-with-dashes, except for these.
 ARGUMENT_FLAGS = {"learning_rate": "--lr", "model_kwargs": "--set", "overrides": "--set", "preset": "--model-config",
-                  "augment": "--no-augment", "model_path": "--model", "output_dir": "--output", "run_dir": "--run",
+                  "augment": "--augment", "model_path": "--model", "output_dir": "--output", "run_dir": "--run",
                   "split_seed": "--seed", "val_*": "--val-*"}
 
 

@@ -122,6 +122,10 @@ def kseg_parser():
     fit.add_argument("--loss", choices=("ce", "weighted_ce", "dice", "ce_dice", "focal"), help="default ce")
     fit.add_argument("--class-weights", type=parse_class_weights, help="median_frequency or w0,w1,... (weighted_ce)")
     fit.add_argument("--no-augment", action="store_true", help="(instance: no random flips)")
+    fit.add_argument("--augment", dest="augment_settings", type=parse_setting, action="append", default=[],
+                     metavar="KEY=VALUE", help="semantic: an argument of kseg.data.Augment replacing its default, e.g. "
+                                               "--augment rot90=False --augment elastic_prob=0 for upright photos "
+                                               "(repeatable)")
     fit.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"), default="default",
                      help="tf.distribute: one device; mirrored: all local devices; multi-worker: the workers of "
                           "TF_CONFIG (see kseg launch). --batch-size is the global batch")

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -22,9 +23,12 @@ def test_train_evaluate_predict_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
     code = run_cli("train", "--images", images, "--masks", masks, "--num-classes", 2, "--remap", "0:0,255:1",
                    "--channels", 1, "--image-size", 32, "--epochs", 2, "--batch-size", 2, "--set", "filters=4",
-                   "--set", "depth=2", "--output", out, "--quiet", "--class-names", "bg,blob")
+                   "--set", "depth=2", "--output", out, "--quiet", "--class-names", "bg,blob",
+                   "--augment", "rot90=False", "--augment", "scale_range=(0.8,1.2)")
     assert code == 0
     assert "mIoU" in capsys.readouterr().out
+    with open(out / "run.json") as f:
+        assert json.load(f)["train"]["augment"] == {"rot90": False, "scale_range": [0.8, 1.2]}
     code = run_cli("evaluate", "--run", out, "--quiet")
     assert code == 0
     printed = capsys.readouterr().out
@@ -53,6 +57,20 @@ def test_bad_input_gives_a_named_error_and_exit_code_2(tmp_path, capsys):
     code = run_cli("evaluate", "--run", tmp_path / "nowhere")
     assert code == 2
     assert "run.json" in capsys.readouterr().err
+
+
+def test_augment_flags_that_cannot_apply_are_refused(tmp_path, capsys):
+    images, masks = write_blob_folder(tmp_path / "data", count=4)
+    common = ["--images", images, "--masks", masks, "--num-classes", 2, "--remap", "0:0,255:1", "--channels", 1,
+              "--epochs", 1, "--quiet"]
+    assert run_cli("train", *common, "--augment", "rot90=False", "--no-augment", "--output", tmp_path / "a") == 2
+    assert "--augment and --no-augment" in capsys.readouterr().err
+    assert run_cli("train", *common, "--augment", "rot_90=False", "--output", tmp_path / "b") == 2
+    assert "--augment key(s) 'rot_90'" in capsys.readouterr().err
+    assert run_cli("train", "--task", "instance", "--shapes", 8, "--augment", "rot90=False",
+                   "--output", tmp_path / "c") == 2
+    assert "--augment" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_argument_parsing():

@@ -76,6 +76,8 @@ def train(output_dir, task="semantic", spec=None, model=None, preset=None, model
                     time_budget=time_budget, seed=seed, verbose=verbose)
     if task.name == "semantic":
         settings.update(loss=loss or "ce", class_weights=class_weights)
+    elif not isinstance(augment, bool):
+        raise ValueError(f"`augment` {augment!r}: the {task.name} task takes True or False (random flips)")
     else:
         task.check_options({"loss": loss, "class_weights": class_weights}, (), f"the {task.name} task (its model "
                            "computes its own losses)")

@@ -118,11 +118,40 @@ def train_dataset(spec, pairs, batch_size, augment=True, seed=0, shard=None, ski
     `shard` and `skip` select one input pipeline's share of the stream and drop what a resumed
     run has trained on (`kseg.data.sharding`).
     """
-    augmenter = kdata.Augment(ignore_class=spec.ignore_class) if augment else None
+    augmenter = build_augment(augment, spec.ignore_class)
     return kdata.folder_dataset(
         pairs, batch_size=batch_size, augment=augmenter, shuffle=True, repeat=True, seed=seed,
         drop_remainder=True, crop_size=spec.crop_size, shard=shard, skip=skip, **_reading(spec),
     )
+
+
+def build_augment(augment, ignore_class):
+    """The `kdata.Augment` of `train`'s `augment` argument, or None for no augmentation.
+
+    Args:
+        augment: True (every default of `kdata.Augment`), False/None (none), or a dict of
+            `kdata.Augment` arguments that replace its defaults, e.g. {"rot90": False,
+            "elastic_prob": 0.0} for upright photos.
+        ignore_class: the data's ignore id, the mask value of padded pixels.
+
+    Raises:
+        ValueError: naming `augment`, when it is neither a bool nor a dict of `Augment`
+            arguments (`ignore_class` comes from the data, not from here).
+    """
+    if augment is None or augment is False:
+        return None
+    if augment is True:
+        return kdata.Augment(ignore_class=ignore_class)
+    if not isinstance(augment, dict):
+        raise ValueError(f"`augment` {augment!r}: expected True, False or a dict of kseg.data.Augment arguments")
+    allowed = [k for k in kdata.Augment().get_config() if k != "ignore_class"]
+    unknown = sorted(set(augment) - set(allowed))
+    if unknown:
+        raise ValueError(f"`augment` key(s) {', '.join(map(repr, unknown))}: expected some of {', '.join(allowed)}")
+    try:
+        return kdata.Augment(ignore_class=ignore_class, **augment)
+    except ValueError as error:
+        raise ValueError(f"`augment`: {error}") from None
 
 
 def _validation(spec, train_pairs, val_ds, batch_size, loss, precise_batch_norm):
@@ -173,7 +202,8 @@ def train(
             trains the same way on 1 or N devices; see `lr_reference_batch`.
         loss: one of `LOSSES`. class_weights: K floats, or "median_frequency" to compute
             them from the training masks (used by "weighted_ce").
-        augment: joint flip/rot90/scale/elastic/photometric augmentation of training pairs.
+        augment: joint flip/rot90/scale/elastic/photometric augmentation of training pairs:
+            True, False, or a dict of `kseg.data.Augment` arguments (`build_augment`).
         strategy, cpu_replicas: see `kseg.training.get_strategy`.
         mixed_precision: compute in float16 (logits and loss stay float32).
         jit_compile: compile the training step with XLA.
@@ -189,6 +219,7 @@ def train(
         A dict with the history, the paths written and the validation metrics of best.keras
         (None on a worker other than the chief).
     """
+    build_augment(augment, spec.ignore_class)  # a bad `augment` fails before the run folder is made
     dist, rate = start_run(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, strategy=strategy, cpu_replicas=cpu_replicas,
                            lr_reference_batch=lr_reference_batch, output_dir=output_dir)

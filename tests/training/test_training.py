@@ -237,3 +237,42 @@ def test_batch_norm_recalibration_makes_inference_match_the_batch_statistics():
     assert model.layers[2].momentum == 0.999  # restored
     with pytest.raises(ValueError, match="shape"):
         recalibrate_batch_norm(model, np.zeros((0, 8, 8, 2)))
+
+
+def _orientations(augmenter, image, seeds=12):
+    """For each seed: "upright" (image or its left-right mirror) or "turned" (anything else)."""
+    mask = tf.zeros(image.shape[:2], tf.int32)
+    out = []
+    for seed in range(seeds):
+        got, _ = augmenter(image, mask, seed=[seed, 1])
+        upright = np.array_equal(got.numpy(), image) or np.array_equal(got.numpy(), image[:, ::-1])
+        out.append("upright" if upright else "turned")
+    return out
+
+
+def test_augment_options_replace_the_defaults_and_keep_photos_upright():
+    from kseg.training.trainer import build_augment
+
+    image = np.arange(8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)  # no symmetry: every turn shows
+    still = {"scale_range": None, "elastic_prob": 0.0, "brightness": 0.0, "contrast": 0.0}
+    assert "turned" in _orientations(build_augment(still, None), image)  # rot90 is on by default
+    upright = build_augment({**still, "rot90": False}, None)
+    assert _orientations(upright, image) == ["upright"] * 12
+    assert upright.get_config() == {**build_augment(True, 255).get_config(), **still, "rot90": False,
+                                    "ignore_class": None}
+    assert build_augment(False, 255) is None and build_augment(True, 255).ignore_class == 255
+
+
+@pytest.mark.parametrize("augment, words", [
+    ({"rot_90": False}, ["`augment`", "'rot_90'", "rot90"]),
+    ({"contrast": 2.0}, ["`augment`", "contrast=2.0", "[0.0, 1.0)"]),
+    ({"ignore_class": 3}, ["`augment`", "'ignore_class'"]),
+    ("upright", ["`augment`", "'upright'", "True, False or a dict"]),
+])
+def test_a_bad_augment_option_fails_before_the_run_folder_is_made(tmp_path, augment, words):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError) as error:
+        train(blob_spec(tmp_path), str(out), model="unet", model_kwargs=TINY, epochs=1, augment=augment, verbose=0)
+    for word in words:
+        assert word in str(error.value), (word, str(error.value))
+    assert not out.exists()
