@@ -1,7 +1,8 @@
-"""`kseg demo-video`: a `.tflite` segmenter on every frame of a video, drawn as an AR-style effect.
+"""`kseg demo-video`: a `.tflite` segmenter or detector on every frame of a video, drawn as an AR-style effect.
 
     kseg demo-video --model unet.tflite --input clip.mp4 --output out.mp4 --effect blur
     kseg demo-video --model unet.tflite --input 0 --output webcam.y4m --max-frames 300
+    kseg demo-video --model RUN/export/mask_rcnn_int8.tflite --input clip.mp4 --output out.mp4
     python -m export.video ...                         (the same flags)
 
 LiteRT only, like export.bench: no TensorFlow, no Keras. YUV4MPEG2 (.y4m) files are read and
@@ -14,6 +15,11 @@ Frames are read and written by export.video_io; `write_y4m` and `open_writer` ar
 from here too. Effects (export.effects.apply_effect; the web demo draws the same ones in the
 browser), with class 0 as the background: blur (the background blurred), replace (by a colour
 or an image), classes (class colours over the frame), outlines (each region's outline and label).
+A kseg detector (Mask R-CNN, Panoptic FPN, MaskFormer; any exported variant) is drawn by
+export.video_detections instead: instances (each detection's mask in its own colour, with its
+box and label; the default for Mask R-CNN) or panoptic (stuff by category, things by instance,
+outlined; the default for Panoptic FPN and MaskFormer), with class names from --labels or the
+run's categories beside the model.
 
 Exit codes: 0 done; 1 the --json file could not be written; 2 bad input (model, video,
 flags), reported as one line; 130 interrupted (the output is not written).
@@ -37,6 +43,11 @@ from export.edge_cli import main as tool_main
 from export.effects import DEFAULT_BACKGROUND, EFFECTS, apply_effect, color_or_image
 from export.frames import InputError, class_count, image_input, normalization, prepare_image, probabilities
 from export.measure import describe_machine, summarize
+from export.video_detections import (
+    DETECTOR_EFFECTS, INSTANCE_OUTPUTS, PANOPTIC_OUTPUTS, SCORE_THRESHOLD, check_shapes, detector_effects,
+    draw_instances, draw_panoptic, instances_at, named_outputs, object_count, panoptic_at, read_categories,
+    signature_outputs,
+)
 from export.video_io import X264_CONTAINERS, ffmpeg_binary, is_webcam, open_video, open_writer, write_y4m
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "STAGES", "add_arguments", "format_summary",
@@ -47,12 +58,20 @@ STAGES = ("decode", "preprocess", "inference", "postprocess", "effect", "encode"
 
 def add_arguments(parser):
     """Adds demo-video's flags to an argparse parser (`python -m export.video`, `kseg demo-video`)."""
-    parser.add_argument("--model", required=True, metavar="MODEL.tflite", help="an exported kseg segmenter")
+    parser.add_argument("--model", required=True, metavar="MODEL.tflite",
+                        help="an exported kseg segmenter or detector (Mask R-CNN, Panoptic FPN, MaskFormer)")
     parser.add_argument("--input", required=True, metavar="FILE|0",
                         help="a video file (.y4m natively, others with ffmpeg) or a webcam: 0, 1, ... or /dev/videoN")
     parser.add_argument("--output", required=True, metavar="OUT.y4m|OUT.mp4",
                         help="the video with the effect: .y4m natively, .mp4 (H.264) or any extension ffmpeg writes")
-    parser.add_argument("--effect", choices=EFFECTS, help="default: blur for 2-class models, classes otherwise")
+    parser.add_argument("--effect", choices=EFFECTS + DETECTOR_EFFECTS,
+                        help="segmenters: blur (default for 2 classes), replace, classes (default), outlines; "
+                        "detectors: instances (default for Mask R-CNN), panoptic (default for Panoptic FPN, MaskFormer)")
+    parser.add_argument("--labels", metavar="NAMES|FILE.json",
+                        help="detectors: class names for ids 1, 2, ... (circle,square) or a kseg run.json (default: "
+                        "the categories of export_report.json or run.json beside the model, or run.json one folder up)")
+    parser.add_argument("--score-threshold", type=float, metavar="S",
+                        help=f"instances: detections scoring below S are not drawn (default {SCORE_THRESHOLD})")
     parser.add_argument("--background", metavar="COLOR|IMAGE",
                         help="for --effect replace: a colour (#00b140, 0,177,64, green) or an image file (default green)")
     parser.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads for LiteRT (default: 2)")
@@ -117,8 +136,13 @@ def _plan(args):
     if detail is None:
         raise InputError(f"--model {args.model}: {why}; expected one image input [1, H, W, C]")
     metadata = model["metadata"] or {}
-    num_classes = class_count(model)
-    effect = args.effect or ("blur" if num_classes == 2 else "classes")
+    detector = _detector_plan(args, content, model, detail)
+    if detector is not None:
+        effect, num_classes = detector["effect"], None
+    else:
+        _check_segmenter(args, model)
+        num_classes = class_count(model)
+        effect = args.effect or ("blur" if num_classes == 2 else "classes")
     background = DEFAULT_BACKGROUND
     if args.background is not None:
         if effect != "replace":
@@ -144,7 +168,47 @@ def _plan(args):
         reader.close()
         raise
     return {"model": model, "detail": detail, "metadata": metadata, "num_classes": num_classes, "effect": effect,
-            "background": background, "reader": reader, "runner": runner}
+            "background": background, "reader": reader, "runner": runner, "detector": detector}
+
+
+def _detector_plan(args, content, model, detail):
+    """What drawing a kseg detector takes (its effect, output names, categories), or None for a segmenter."""
+    indices = signature_outputs(content, f"--model {args.model}")
+    supported = detector_effects(indices, f"--model {args.model}")
+    if not supported:
+        return None
+    kind = "Panoptic FPN" if len(supported) == 2 else "panoptic model" if supported == ("panoptic",) else "Mask R-CNN"
+    effect = args.effect or supported[-1]
+    if effect not in supported:
+        raise InputError(f"--effect {effect}: {args.model} is a {kind}; expected --effect {' or '.join(supported)}")
+    given = getattr(args, "score_threshold", None)  # a Namespace built without add_arguments may lack it
+    threshold = SCORE_THRESHOLD if given is None else given
+    if given is not None and (effect != "instances" or not 0.0 <= threshold <= 1.0):
+        raise InputError(f"--score-threshold {given}: expected a score in [0, 1] with --effect "
+                         f"instances (the effect is {effect})")
+    names = INSTANCE_OUTPUTS if effect == "instances" else PANOPTIC_OUTPUTS
+    indices = {k: indices[k] for k in names}
+    by_index = {int(d["index"]): d for d in model["outputs"]}
+    check_shapes({k: by_index[i] for k, i in indices.items()}, detail["shape"][1:3], f"--model {args.model}")
+    categories, source = read_categories(args.model, getattr(args, "labels", None))
+    return {"effect": effect, "kind": kind, "outputs": indices, "categories": categories, "labels_from": source,
+            "score_threshold": threshold}
+
+
+def _check_segmenter(args, model):
+    """InputError for a segmenter given detector flags, or with outputs that are no segmentation."""
+    outputs = model["outputs"]
+    shapes = [list(d["shape"]) for d in outputs]
+    if len(outputs) > 2 or any(len(s) not in (3, 4) or s[0] != 1 for s in shapes):
+        raise InputError(f"--model {args.model}: outputs of shapes {shapes}; expected a segmenter's scores "
+                         "[1, H, W, K] or class map [1, H, W] (+ confidence), or a kseg detector's named outputs")
+    for flag, value in (("--labels", getattr(args, "labels", None)),
+                        ("--score-threshold", getattr(args, "score_threshold", None))):
+        if value is not None:
+            raise InputError(f"{flag} {value}: only detectors use it; {args.model} is a segmenter")
+    if args.effect in DETECTOR_EFFECTS:
+        raise InputError(f"--effect {args.effect}: {args.model} is a segmenter (outputs {shapes}); expected one of "
+                         f"{', '.join(EFFECTS)}")
 
 
 def _timings_path(args):
@@ -200,6 +264,28 @@ def _process(plan, args):
     total = min(reader.frames, limit) if reader.frames is not None else args.max_frames
     labels, norm = metadata.get("labels") or None, normalization(metadata)
     activation = metadata.get("activation")
+    detector, objects = plan["detector"], array.array("l")
+    size = (reader.height, reader.width)
+    if detector is None:
+        def postprocess(outputs):
+            return probabilities(outputs, runner.outputs, activation, plan["num_classes"])
+
+        def draw(frame, scores):
+            return apply_effect(frame, scores, plan["effect"], labels=labels, background=plan["background"])
+    else:
+        def postprocess(outputs):
+            named = named_outputs(outputs, runner.outputs, detector["outputs"])
+            if plan["effect"] == "instances":
+                drawn = instances_at(named, size, detector["score_threshold"])
+            else:
+                drawn = panoptic_at(named, size)
+            objects.append(object_count(drawn))
+            return drawn
+
+        def draw(frame, drawn):
+            if plan["effect"] == "instances":
+                return draw_instances(frame, drawn, detector["categories"])
+            return draw_panoptic(frame, drawn, detector["categories"])
     seconds = {stage: array.array("d") for stage in STAGES}  # 8 bytes a frame and stage: a webcam runs for hours
     start = time.perf_counter()
     with atomic_path(args.output) as tmp, open_writer(tmp, reader.width, reader.height, reader.fps, args.output) as writer:
@@ -216,9 +302,9 @@ def _process(plan, args):
                 t2 = time.perf_counter()
                 outputs = runner.run(x)
                 t3 = time.perf_counter()
-                scores = probabilities(outputs, runner.outputs, activation, plan["num_classes"])
+                scores = postprocess(outputs)
                 t4 = time.perf_counter()
-                picture = apply_effect(frame, scores, plan["effect"], labels=labels, background=plan["background"])
+                picture = draw(frame, scores)
                 t5 = time.perf_counter()
                 writer.write(picture)
                 t6 = time.perf_counter()
@@ -232,13 +318,19 @@ def _process(plan, args):
     wall = time.perf_counter() - start  # includes the encoder's flush and the rename
     stages = {stage: summarize(s) for stage, s in seconds.items()}
     n = writer.count
-    return {"tool": "export.video", "model": args.model, "input": args.input, "output": args.output,
+    result = {"tool": "export.video", "model": args.model, "input": args.input, "output": args.output,
             "effect": plan["effect"], "runtime": args.runtime, "threads": args.threads, "frames": n,
             "video_size": [reader.width, reader.height], "video_fps": float(reader.fps),
             "model_input": {"shape": list(detail["shape"]), "dtype": detail["dtype"]},
             "inference_median_ms": stages["inference"]["p50_ms"], "inference_p90_ms": stages["inference"]["p90_ms"],
             "inference_fps": n / sum(seconds["inference"]), "end_to_end_fps": n / wall, "wall_s": wall,
             "stages_ms": stages, "machine": describe_machine()}
+    if detector is not None:
+        result["detector"] = {"model": detector["kind"], "labels_from": detector["labels_from"],
+                              "score_threshold": detector["score_threshold"] if plan["effect"] == "instances" else None,
+                              "objects_per_frame": {"median": float(np.median(objects)), "max": int(max(objects)),
+                                                    "frames_with_objects": int(sum(n > 0 for n in objects))}}
+    return result
 
 
 def format_summary(result):
@@ -251,6 +343,10 @@ def format_summary(result):
              f"cpu x{result['threads']} {result['runtime']}",
              "stage        median ms  p90 ms"]
     lines += [f"{stage:<12} {s['p50_ms']:>9.2f}  {s['p90_ms']:>6.2f}" for stage, s in result["stages_ms"].items()]
+    if "detector" in result:
+        d = result["detector"]
+        lines.append(f"{d['model']}: {d['objects_per_frame']['median']:g} {result['effect']} drawn per frame (median), "
+                     f"class names from {d['labels_from']}")
     lines += [f"inference only: {result['inference_fps']:.1f} FPS (median {result['inference_median_ms']:.2f} ms, "
               f"p90 {result['inference_p90_ms']:.2f} ms)",
               f"end to end:     {result['end_to_end_fps']:.1f} FPS (decode + preprocess + inference + effect + "
