@@ -177,7 +177,10 @@ def _detector_plan(args, content, model, detail):
     supported = detector_effects(indices, f"--model {args.model}")
     if not supported:
         return None
-    kind = "Panoptic FPN" if len(supported) == 2 else "panoptic model" if supported == ("panoptic",) else "Mask R-CNN"
+    if supported == ("instances",):
+        kind = "Mask R-CNN"
+    else:
+        kind = "Panoptic FPN" if "instances" in supported else "MaskFormer" if "class_probs" in indices else "panoptic model"
     effect = args.effect or supported[-1]
     if effect not in supported:
         raise InputError(f"--effect {effect}: {args.model} is a {kind}; expected --effect {' or '.join(supported)}")

@@ -217,12 +217,36 @@ def instances_at(outputs, frame_size, score_threshold=SCORE_THRESHOLD, mask_thre
 
 
 def draw_instances(frame, instances, categories):
-    """kseg.viz.instance_overlay of `instances_at`'s detections: uint8 [H, W, 3]."""
-    from kseg.viz import instance_overlay
+    """kseg.viz.instance_overlay of `instances_at`'s detections: uint8 [H, W, 3], the same pixels.
 
+    The tint and outline of each mask are drawn here on its bounding box only (lowest score first,
+    as instance_overlay does; on a 640 x 480 frame about twice as fast as its whole-frame boolean
+    indexing); instance_overlay then adds the boxes and labels to that picture, given empty masks.
+    """
+    from kseg.viz import instance_colors, instance_overlay, mask_outline
+
+    masks, scores = instances["masks"], instances["scores"]
+    colors = instance_colors(len(masks))
+    out = np.asarray(frame).astype(np.float32)
+    for i in np.argsort(scores, kind="stable"):
+        area = _box_of(masks[i])
+        if area is None:
+            continue
+        m, sub = masks[i][area], out[area]
+        np.copyto(sub, (1.0 - ALPHA) * sub + ALPHA * colors[i], where=m[..., None])
+        sub[mask_outline(m)] = colors[i]
     names = {c["id"]: c["name"] for c in categories}
-    return instance_overlay(frame, instances["masks"], instances["classes"], instances["scores"], instances["boxes"],
-                            labels=names, alpha=ALPHA, score_threshold=-np.inf)
+    return instance_overlay(_rounded(out), np.zeros_like(masks), instances["classes"], scores, instances["boxes"], labels=names,
+                            alpha=ALPHA, score_threshold=-np.inf)
+
+
+def _box_of(mask):
+    """The slices of `mask`'s bounding box grown by one pixel (within the frame), or None when it is empty:
+    mask_outline on that crop is mask_outline on the frame (a pixel outside the mask surrounds it)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not rows.size:
+        return None
+    return (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
 
 
 def panoptic_at(outputs, frame_size):
@@ -256,6 +280,12 @@ def draw_panoptic(frame, panoptic, categories):
 
     ordered = sorted(categories, key=lambda c: c["id"])
     return panoptic_overlay(frame, panoptic["panoptic"], panoptic["segments"], ordered, alpha=ALPHA)
+
+
+def _rounded(picture):
+    """float32 [H, W, 3] in [0, 255] -> uint8, rounded half to even: kseg.viz's rounding, without its
+    float64 copy."""
+    return np.rint(picture, out=picture).astype(np.uint8)
 
 
 def object_count(drawn):

@@ -7,6 +7,7 @@ the panoptic outputs), against its own signature outputs read by LiteRT's signat
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,3 +323,21 @@ def test_detector_bad_input_exits_2_with_one_line(detector, tmp_path, capsys, ca
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
     assert all(w in err for w in words), err
     assert not (tmp_path / "out.y4m").exists()
+
+
+def test_detector_fps_benchmark_has_one_row_per_detector_and_variant(detector, tmp_path):
+    from benchmarks.detector_demo_fps import measure
+
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder, variants in zip(folders, (("fp32", "int8"), ("fp16",))):
+        folder.mkdir()
+        for variant in variants:
+            shutil.copy(detector["model"], folder / f"pixels_{variant}.tflite")
+    result = measure([(f, "circle,square,sky,road") for f in folders], ("fp32", "fp16", "int8"), frames=3,
+                     threads=1, work=tmp_path)
+    got = [(Path(r["file"]).parent.name, r["variant"]) for r in result["rows"]]
+    assert got == [("a", "fp32"), ("a", "int8"), ("b", "fp16")]
+    assert result["missing"] == [f"{folders[0]}: fp16", f"{folders[1]}: fp32", f"{folders[1]}: int8"]
+    for row in result["rows"]:
+        assert row["frames"] == 3 and row["effect"] == "panoptic" and row["objects"] == 3
+        assert row["end_to_end_fps"] > 0 and 0 < row["inference_ms"] and row["effect_ms"] > 0
