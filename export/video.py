@@ -66,7 +66,7 @@ def add_arguments(parser):
                         help="the video with the effect: .y4m natively, .mp4 (H.264) or any extension ffmpeg writes")
     parser.add_argument("--effect", choices=EFFECTS + DETECTOR_EFFECTS,
                         help="segmenters: blur (default for 2 classes), replace, classes (default), outlines; "
-                        "detectors: instances (default for Mask R-CNN), panoptic (default for Panoptic FPN, MaskFormer)")
+                        "detectors: instances (default for Mask R-CNN), panoptic (Panoptic FPN, MaskFormer)")
     parser.add_argument("--labels", metavar="NAMES|FILE.json",
                         help="detectors: class names for ids 1, 2, ... (circle,square) or a kseg run.json (default: "
                         "the categories of export_report.json or run.json beside the model, or run.json one folder up)")
@@ -177,10 +177,12 @@ def _detector_plan(args, content, model, detail):
     supported = detector_effects(indices, f"--model {args.model}")
     if not supported:
         return None
-    if supported == ("instances",):
+    if "panoptic" not in supported:
         kind = "Mask R-CNN"
+    elif "instances" in supported:
+        kind = "Panoptic FPN"
     else:
-        kind = "Panoptic FPN" if "instances" in supported else "MaskFormer" if "class_probs" in indices else "panoptic model"
+        kind = "MaskFormer" if "class_probs" in indices else "panoptic model"
     effect = args.effect or supported[-1]
     if effect not in supported:
         raise InputError(f"--effect {effect}: {args.model} is a {kind}; expected --effect {' or '.join(supported)}")

@@ -159,8 +159,8 @@ def _categories_in(path, flag):
     if (isinstance(items, list) and items and all(isinstance(c, dict) and isinstance(c.get("id"), int)
                                                   and isinstance(c.get("name"), str) for c in items)):
         return [{"id": c["id"], "name": c["name"]} for c in items]
-    raise InputError(f"{flag} {path}: found {type(items).__name__} {str(items)[:80]}; expected a \"categories\" list of "
-                     "{\"id\", \"name\"} (a kseg run.json), such a list, or a list of names")
+    raise InputError(f"{flag} {path}: found {type(items).__name__} {str(items)[:80]}; expected a \"categories\" "
+                     "list of {\"id\", \"name\"} (a kseg run.json), such a list, or a list of names")
 
 
 def named_outputs(arrays, details, indices):
@@ -236,8 +236,8 @@ def draw_instances(frame, instances, categories):
         np.copyto(sub, (1.0 - ALPHA) * sub + ALPHA * colors[i], where=m[..., None])
         sub[mask_outline(m)] = colors[i]
     names = {c["id"]: c["name"] for c in categories}
-    return instance_overlay(_rounded(out), np.zeros_like(masks), instances["classes"], scores, instances["boxes"], labels=names,
-                            alpha=ALPHA, score_threshold=-np.inf)
+    return instance_overlay(_rounded(out), np.zeros_like(masks), instances["classes"], scores, instances["boxes"],
+                            labels=names, alpha=ALPHA, score_threshold=-np.inf)
 
 
 def _box_of(mask):
@@ -247,6 +247,12 @@ def _box_of(mask):
     if not rows.size:
         return None
     return (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+
+
+def _rounded(picture):
+    """float32 [H, W, 3] in [0, 255] -> uint8, rounded half to even: kseg.viz's rounding, without its
+    float64 copy."""
+    return np.rint(picture, out=picture).astype(np.uint8)
 
 
 def panoptic_at(outputs, frame_size):
@@ -280,12 +286,6 @@ def draw_panoptic(frame, panoptic, categories):
 
     ordered = sorted(categories, key=lambda c: c["id"])
     return panoptic_overlay(frame, panoptic["panoptic"], panoptic["segments"], ordered, alpha=ALPHA)
-
-
-def _rounded(picture):
-    """float32 [H, W, 3] in [0, 255] -> uint8, rounded half to even: kseg.viz's rounding, without its
-    float64 copy."""
-    return np.rint(picture, out=picture).astype(np.uint8)
 
 
 def object_count(drawn):

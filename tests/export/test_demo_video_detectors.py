@@ -341,3 +341,18 @@ def test_detector_fps_benchmark_has_one_row_per_detector_and_variant(detector, t
     for row in result["rows"]:
         assert row["frames"] == 3 and row["effect"] == "panoptic" and row["objects"] == 3
         assert row["end_to_end_fps"] > 0 and 0 < row["inference_ms"] and row["effect_ms"] > 0
+
+
+def test_demo_video_on_a_detector_imports_no_tensorflow(detector, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.export.test_bench import tensorflow_blocked
+
+    env, blocked = tensorflow_blocked(tmp_path)
+    command = [sys.executable, "-m", "export.video", "--model", detector["model"], "--input", detector["video"],
+               "--output", str(tmp_path / "out.y4m"), "--effect", "instances"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not blocked.exists(), f"tried to import {blocked.read_text().split()}"
+    assert "3 frames of 96x64" in result.stdout and "instances drawn per frame" in result.stdout
