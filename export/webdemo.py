@@ -21,7 +21,8 @@ the background class, the softmax activation and the tensors' quantization from 
 An entry's "task" says how the page reads the model's outputs:
 
     "semantic"  one output, logits [1, H, W, K] (or a class map [1, H, W])
-    "instance"  a Mask R-CNN (kseg.models.mask_rcnn) at batch 1, fp32, builtin ops only; input
+    "instance"  a Mask R-CNN (kseg.models.mask_rcnn) at batch 1, builtin ops only, any variant
+                (export.tflite.detector_tflite: fp32, fp16, dynamic, int8; one entry each); input
                 "image" float32 [1, H, W, 3] raw pixels; outputs by signature name: "boxes"
                 [1, D, 4] (y1, x1, y2, x2) pixels, "scores" [1, D], "classes" [1, D] int32
                 (1..K, 0 pads), "masks" [1, D, H, W] probabilities, "num_detections" [1]
@@ -64,14 +65,15 @@ MASK_THRESHOLD = 0.5  # a pixel belongs to a detection where its mask probabilit
 
 def model_entries(export_dir, models_dir):
     """Index entries for the variants in `export_dir`: a folder written by `kseg export`, or by
-    `export_instance_model` (one entry)."""
+    `export_instance_model` (one entry per variant)."""
     from export import runtime
     from kseg.viz import palette
 
     export_dir = Path(export_dir)
     extra = _read_sidecar(export_dir)
     if extra.get("task") == "instance":
-        return [instance_entry(export_dir, models_dir, extra)]
+        files = extra.get("files") or {"fp32": extra.get("file")}  # an older sidecar names one fp32 file
+        return [instance_entry(export_dir, models_dir, extra, variant, file) for variant, file in files.items()]
     report_path = export_dir / "export_report.json"
     if not report_path.exists():
         raise FileNotFoundError(f"{report_path} not found: expected a folder written by `kseg export`.")
@@ -117,14 +119,15 @@ def _read_sidecar(export_dir):
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
-def instance_entry(export_dir, models_dir, extra):
-    """The index entry of an instance model folder (written by `export_instance_model`)."""
+def instance_entry(export_dir, models_dir, extra, variant="fp32", file=None):
+    """The index entry of one variant of an instance model folder (written by `export_instance_model`)."""
     from export import runtime
     from kseg.viz import instance_colors, palette
 
-    path = export_dir / str(extra.get("file", ""))
-    if not extra.get("file") or not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {export_dir / SIDECAR} names it as the instance model.")
+    path = export_dir / str(file or "")
+    if not file or not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {export_dir / SIDECAR} names it as the instance model's "
+                                f"{variant} file.")
     content = path.read_bytes()
     info = runtime.describe(content)
     outputs = signature_outputs(content, path)
@@ -136,7 +139,7 @@ def instance_entry(export_dir, models_dir, extra):
         "name": path.stem,
         "task": "instance",
         "title": extra.get("title", path.stem),
-        "variant": "fp32",
+        "variant": variant,
         "file": path.relative_to(models_dir).as_posix(),
         "size_bytes": info["size_bytes"],
         "labels": labels,
@@ -288,8 +291,8 @@ def person_hint():
 
 
 def export_instance_model(model, models_dir, name, labels=None, title=None, score_threshold=SCORE_THRESHOLD,
-                          mask_threshold=MASK_THRESHOLD):
-    """Adds a Mask R-CNN to the demo: `models_dir`/NAME/NAME_fp32.tflite and its sidecar.
+                          mask_threshold=MASK_THRESHOLD, variants=("fp32",), calibration=None):
+    """Adds a Mask R-CNN to the demo: `models_dir`/NAME/NAME_<variant>.tflite and its sidecar.
 
     Args:
         model: a kseg MaskRCNN (trained; any ROI Align method).
@@ -300,10 +303,15 @@ def export_instance_model(model, models_dir, name, labels=None, title=None, scor
         title: shown in the page's model list (default `name`).
         score_threshold, mask_threshold: what the page shows: detections scoring at least
             `score_threshold`, each over the pixels where its mask is at least `mask_threshold`.
+        variants: any of export.tflite.VARIANTS (export.tflite.detector_tflite); one index
+            entry each. Every variant keeps the float32 image input and the named outputs.
+        calibration: for "int8": float32 images [N, H, W, 3] at the model's size (real ones,
+            e.g. the run's training images).
 
     Returns:
         the folder written.
     """
+    from export.tflite import VARIANTS, detector_tflite
     from kseg.utils import atomic_path, write_json
 
     labels = [f"class {k}" for k in range(1, model.num_classes + 1)] if labels is None else [str(n) for n in labels]
@@ -313,22 +321,29 @@ def export_instance_model(model, models_dir, name, labels=None, title=None, scor
     if not 0 <= score_threshold <= 1 or not 0 < mask_threshold < 1:
         raise ValueError(f"score_threshold {score_threshold}, mask_threshold {mask_threshold}: expected "
                          "0 <= score_threshold <= 1 and 0 < mask_threshold < 1")
-    from export.tflite import detector_tflite
-
-    content = detector_tflite(model)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"variants {list(variants)}: expected one or more of {', '.join(VARIANTS)}")
+    if "int8" in variants and (calibration is None or len(calibration) == 0):
+        raise ValueError("calibration: the int8 variant needs real images [N, H, W, 3] to calibrate on; got none")
+    representative = None if calibration is None else [np.asarray(c, np.float32)[None] for c in calibration]
     out = Path(models_dir) / name
     out.mkdir(parents=True, exist_ok=True)
-    file = f"{name}_fp32.tflite"
-    signature_outputs(content, out / file)  # the five named outputs, or a ValueError before anything is written
-    with atomic_path(out / file) as tmp:
-        Path(tmp).write_bytes(content)
-    write_json(out / SIDECAR, {"title": title or name, "task": "instance", "file": file, "labels": labels,
+    files = {}
+    for variant in variants:
+        content = detector_tflite(model, variant, representative=representative)
+        files[variant] = f"{name}_{variant}.tflite"
+        signature_outputs(content, out / files[variant])  # the five named outputs, or a ValueError first
+        with atomic_path(out / files[variant]) as tmp:
+            Path(tmp).write_bytes(content)
+    write_json(out / SIDECAR, {"title": title or name, "task": "instance", "files": files, "labels": labels,
                                "score_threshold": float(score_threshold), "mask_threshold": float(mask_threshold)})
     return out
 
 
-def add_instance_model(path, models_dir, name=None, labels=None):
-    """`export_instance_model` of a saved .keras MaskRCNN; `labels` a list or "a,b,c"."""
+def add_instance_model(path, models_dir, name=None, labels=None, variants=("fp32",)):
+    """`export_instance_model` of a saved .keras MaskRCNN; `labels` a list or "a,b,c"; `variants`
+    without int8 (it needs calibration images: call `export_instance_model`)."""
     import keras
 
     import kseg.models  # noqa: F401  (registers MaskRCNN for loading)
@@ -339,7 +354,7 @@ def add_instance_model(path, models_dir, name=None, labels=None):
     model = keras.models.load_model(path)
     if isinstance(labels, str):
         labels = [n.strip() for n in labels.split(",")]
-    return export_instance_model(model, models_dir, name or path.stem, labels=labels)
+    return export_instance_model(model, models_dir, name or path.stem, labels=labels, variants=tuple(variants))
 
 
 def main(argv=None):
@@ -358,6 +373,8 @@ def main(argv=None):
                         help="a saved kseg MaskRCNN to add as an instance model (repeatable)")
     parser.add_argument("--instance-labels", metavar="A,B,C",
                         help="names of the instance models' classes 1..K, comma-separated (default: class 1, ...)")
+    parser.add_argument("--instance-variants", default="fp32", metavar="V,V",
+                        help="the instance models' variants: fp32, fp16, dynamic, comma-separated (default fp32)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.name and len(args.run or []) + len(args.instance_model or []) > 1:
@@ -396,7 +413,8 @@ def main(argv=None):
 
                     write_sample(split(spec)[1][0][0], out)
             for path in args.instance_model or []:
-                add_instance_model(path, out, name=args.name, labels=args.instance_labels)
+                add_instance_model(path, out, name=args.name, labels=args.instance_labels,
+                                   variants=[v.strip() for v in args.instance_variants.split(",")])
         index = write_index(out)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

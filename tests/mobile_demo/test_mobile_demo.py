@@ -410,13 +410,15 @@ def instance_site(site):
 
     models = site["dist"] / "models"
     folder = webdemo.export_instance_model(model, models, "shapes", labels=[c["name"] for c in SHAPE_CATEGORIES],
-                                           title="Shapes Mask R-CNN")
+                                           title="Shapes Mask R-CNN", variants=("fp32", "dynamic"))
     index = webdemo.write_index(models)
-    entry = next(e for e in index["models"] if e["task"] == "instance")
+    entry, dynamic = (next(e for e in index["models"] if e["task"] == "instance" and e["variant"] == v)
+                      for v in ("fp32", "dynamic"))
     frames = [np.repeat(np.repeat(e["image"], INSTANCE_ZOOM, 0), INSTANCE_ZOOM, 1) for e in examples[:4]]
     video = site["root"] / "shapes.y4m"
     write_y4m(video, frames, fps=10)
-    yield {"entry": entry, "path": models / entry["file"], "video": video, "index": index}
+    yield {"entry": entry, "path": models / entry["file"], "video": video, "index": index, "dynamic": dynamic,
+           "dynamic_path": models / dynamic["file"]}
     # The other tests see the site as it was.
     import shutil
 
@@ -449,12 +451,31 @@ def instance_outline(ids):
     return (ids > 0) & ~same
 
 
+def test_a_quantized_instance_variant_finds_what_python_litert_finds_on_it(site, instance_site):
+    entry, fp32 = instance_site["dynamic"], instance_site["entry"]
+    assert entry["name"] == "shapes_dynamic" and entry["size_bytes"] * 3 < fp32["size_bytes"]
+    assert entry["instance_outputs"] == fp32["instance_outputs"] and entry["input"] == fp32["input"]
+    result = drive(site, f"?model={entry['name']}&effect=outlines", [{"wait": "ready", "frames": 2}, {"capture": "c"}],
+                   video=instance_site["video"])
+    capture = result["c"]
+    c = unpack(capture)
+    assert capture["stats"]["task"] == "instance" and capture["stats"]["instanceOutputsBy"] == "name"
+    out, kept, _ = instance_reference(instance_site["dynamic_path"], c["input"], entry["score_threshold"],
+                                      entry["mask_threshold"])
+    page = capture["instances"]
+    assert len(kept) >= 1, out["scores"]
+    assert [(i["id"], i["cls"]) for i in page] == [(d + 1, int(out["classes"][0, d])) for d in kept]
+    np.testing.assert_allclose([i["box"] for i in page], out["boxes"][0, kept], atol=1e-3 * max(INSTANCE_SIZE))
+    np.testing.assert_allclose([i["score"] for i in page], out["scores"][0, kept], atol=1e-4)
+    assert (~close(c["output"], c["frame"], tol=0)).sum() > 0  # drawn
+
+
 def test_instance_model_draws_outlines_and_labels_of_the_detections_python_litert_finds(site, instance_site):
     entry = instance_site["entry"]
     assert entry["labels"] == ["background", "circle", "square", "triangle"]
     assert sorted(entry["instance_outputs"]) == ["boxes", "classes", "masks", "num_detections", "scores"]
     assert entry["input"] == {"shape": [1, *INSTANCE_SIZE, 3], "dtype": "float32", "quantization": None}
-    semantic = [e for e in instance_site["index"]["models"] if e is not entry]
+    semantic = [e for e in instance_site["index"]["models"] if e is not entry and e is not instance_site["dynamic"]]
     assert semantic and all(e["task"] == "semantic" for e in semantic)
 
     steps = [{"wait": "ready", "frames": 2}, {"capture": "c"}, {"stats": "stats"},
