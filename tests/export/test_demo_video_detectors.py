@@ -205,6 +205,12 @@ def detector(tmp_path_factory):
     wrong = run / "boxes_only.tflite"
     wrong.write_bytes(convert(keras.Model(image, {"boxes": keras.layers.Reshape((4, 4))(flat[:, :16]),
                                                   "scores": flat[:, :4]})))
+    segmenter = run / "segmenter.tflite"  # 2-class logits [1, 16, 16, 2]
+    segmenter.write_bytes(convert(keras.Model(image, keras.layers.Conv2D(2, 1)(image))))
+    foreign = run / "foreign.tflite"  # three outputs with names no kseg model gives
+    conv = keras.layers.Conv2D(3, 1)(image)
+    foreign.write_bytes(convert(keras.Model(image, {"detection_boxes": flat[:, :8], "detection_scores": flat[:, :2],
+                                                    "heat": conv})))
     clips = []
     for seed in range(3):
         f = _frame(seed)
@@ -213,7 +219,8 @@ def detector(tmp_path_factory):
         clips.append(f)
     clip = run / "in.y4m"
     video_io.write_y4m(clip, clips, fps=10)
-    return {"model": str(model), "wrong": str(wrong), "video": str(clip), "categories": categories, "size": MODEL_SIZE}
+    return {"model": str(model), "wrong": str(wrong), "segmenter": str(segmenter), "foreign": str(foreign),
+            "video": str(clip), "categories": categories, "size": MODEL_SIZE}
 
 
 def _expected_video(model, source, effect, categories, tmp_path, score_threshold, size):
@@ -299,7 +306,8 @@ def test_demo_video_runs_an_exported_panoptic_fpn(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["no labels", "bad labels file", "wrong signature", "segmenter effect",
-                                  "threshold with panoptic"])
+                                  "threshold with panoptic", "instances on a segmenter", "labels on a segmenter",
+                                  "foreign outputs"])
 def test_detector_bad_input_exits_2_with_one_line(detector, tmp_path, capsys, case):
     lone = tmp_path / "alone" / "pixels_int8.tflite"  # no run.json beside it nor above it
     lone.parent.mkdir()
@@ -317,6 +325,14 @@ def test_detector_bad_input_exits_2_with_one_line(detector, tmp_path, capsys, ca
                              ["--effect blur", "is a Panoptic FPN; expected --effect instances or panoptic"]),
         "threshold with panoptic": (["--model", detector["model"], "--score-threshold", "0.2"],
                                     ["--score-threshold 0.2", "with --effect instances (the effect is panoptic)"]),
+        "instances on a segmenter": (["--model", detector["segmenter"], "--effect", "instances"],
+                                     ["--effect instances", "segmenter.tflite is a segmenter (outputs [[1, 16, 16, 2]])",
+                                      "expected one of blur, replace, classes, outlines"]),
+        "labels on a segmenter": (["--model", detector["segmenter"], "--labels", "a,b"],
+                                  ["--labels a,b: only detectors use it", "segmenter.tflite is a segmenter"]),
+        "foreign outputs": (["--model", detector["foreign"]],
+                            ["foreign.tflite: outputs of shapes", "expected a segmenter's scores [1, H, W, K]",
+                             "or a kseg detector's named outputs"]),
     }[case]
     assert video.main(argv + ["--input", detector["video"], "--output", str(tmp_path / "out.y4m")]) == 2
     err = capsys.readouterr().err.strip()
