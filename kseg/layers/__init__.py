@@ -1,6 +1,7 @@
 """Thin Keras layers over kseg.ops."""
 
 from kseg.layers.fpn import FPN
+from kseg.layers.resize import NearestUpsampling2D
 from kseg.layers.roi_align import ROIAlign
 from kseg.layers.panoptic_fusion import PanopticFusion
 from kseg.layers.mix_transformer import (
@@ -13,6 +14,7 @@ from kseg.layers.mix_transformer import (
 
 __all__ = [
     "FPN",
+    "NearestUpsampling2D",
     "ROIAlign",
     "PanopticFusion",
     "DropPath",

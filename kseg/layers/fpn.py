@@ -10,6 +10,8 @@ Each level: a 1x1 lateral conv to D channels, plus the level above upsampled x2 
 import keras
 from keras import layers
 
+from kseg.layers.resize import NearestUpsampling2D
+
 
 @keras.saving.register_keras_serializable(package="kseg")
 class FPN(layers.Layer):
@@ -37,7 +39,7 @@ class FPN(layers.Layer):
         levels = range(min_level, max_level + 1)
         self.lateral = {f"P{n}": layers.Conv2D(channels, 1, name=f"lateral_P{n}") for n in levels}
         self.smooth = {f"P{n}": layers.Conv2D(channels, 3, padding="same", name=f"output_P{n}") for n in levels}
-        self.upsample = layers.UpSampling2D(2, interpolation="nearest", name="top_down")
+        self.upsample = NearestUpsampling2D(2, name="top_down")
         self.pool = layers.MaxPooling2D(1, strides=2, name=f"pool_P{max_level + 1}")
 
     def build(self, input_shape):

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from kseg.layers.resize import NearestUpsampling2D
 from kseg.ops.attention import multi_head_attention
 
 
@@ -81,7 +82,7 @@ class PixelDecoder(layers.Layer):
         self.output_conv = {f"P{n}": layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"output_P{n}")
                             for n in (2, 3, 4, 5)}
         self.output_norm = {f"P{n}": layers.GroupNormalization(g, name=f"output_gn_P{n}") for n in (2, 3, 4, 5)}
-        self.upsample = layers.UpSampling2D(2, interpolation="nearest", name="top_down")
+        self.upsample = NearestUpsampling2D(2, name="top_down")
         self.mask_features = layers.Conv2D(mask_dim, 3, padding="same", name="mask_features")
 
     def call(self, features):
@@ -343,7 +344,9 @@ def mask_classification_panoptic(class_probs, mask_probs, *, num_thing_classes, 
     head_id = tf.cumsum(first, axis=1) * first
     belongs = tf.maximum(same, tf.eye(num_queries)[None]) * first[:, :, None]  # [B, j, q]: q is in j's segment
     segment_id = tf.reduce_sum(belongs * head_id[:, :, None], axis=1) * survive  # [B, N]
-    label_map = tf.matmul(visible, segment_id[..., None])[..., 0]  # [B, P]: one nonzero term per pixel
+    # [B, P]: one nonzero term per pixel (a reshape, not [..., 0]: LiteRT's GPU accelerator has no
+    # kernel for a slice that drops an axis)
+    label_map = tf.reshape(tf.matmul(visible, segment_id[..., None]), [-1, pixels])
 
     slot = tf.range(1, num_queries + 1, dtype=f32)
     member = tf.cast(tf.equal(segment_id[:, :, None], slot), f32) * survive[:, :, None]  # [B, N, slot]
