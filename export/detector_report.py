@@ -10,6 +10,7 @@ reproduce Keras, is flagged and the report says `passed: False` (the CLI then ex
 size and speed targets against fp32 are reported as met or missed, without failing.
 """
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -75,18 +76,37 @@ def accuracy(model, examples, categories, forward=None):
     return {"metric": metric, "value": None if value is None else 100.0 * float(value)}
 
 
-def cpu_latency(content, image, runs=10, num_threads=2):
-    """Median and best invoke time (ms) of `content` on LiteRT's CPU path (XNNPACK) after 2 warm-up runs."""
-    with runtime.Runner(content, accelerator="cpu", num_threads=num_threads) as runner:
-        runner.set_inputs(np.asarray(image, np.float32)[None])
-        times = []
-        for i in range(runs + 2):
-            started = time.perf_counter()
+def cpu_latency(contents, image, runs=10, num_threads=2, rounds=5):
+    """Invoke times (ms) of several `.tflite` models on LiteRT's CPU path (XNNPACK), side by side.
+
+    The models take turns: `rounds` rounds, each timing every model `runs // rounds` times in a
+    row, so a busy spell of a shared machine slows all of them rather than one.
+
+    Args:
+        contents: {name: TFLite bytes}.
+        image: float32 [H, W, 3], the input of every model.
+        runs: timed runs per model (after 2 warm-up runs).
+
+    Returns:
+        {name: {"median_ms", "min_ms", "runs", "threads"}}.
+    """
+    rounds = max(1, min(rounds, runs))
+    times = {name: [] for name in contents}
+    with contextlib.ExitStack() as stack:
+        runners = {name: stack.enter_context(runtime.Runner(content, accelerator="cpu", num_threads=num_threads))
+                   for name, content in contents.items()}
+        for runner in runners.values():
+            runner.set_inputs(np.asarray(image, np.float32)[None])
             runner.invoke()
-            if i >= 2:
-                times.append(1e3 * (time.perf_counter() - started))
-    return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)), "runs": runs,
-            "threads": num_threads}
+            runner.invoke()
+        for r in range(rounds):
+            for name, runner in runners.items():
+                for _ in range(runs // rounds + (r < runs % rounds)):
+                    started = time.perf_counter()
+                    runner.invoke()
+                    times[name].append(1e3 * (time.perf_counter() - started))
+    return {name: {"median_ms": float(np.median(t)), "min_ms": float(np.min(t)), "runs": len(t),
+                   "threads": num_threads} for name, t in times.items()}
 
 
 def detector_parity(model, content, images):
@@ -156,7 +176,8 @@ def detector_failures(entry, limits):
 
 
 def export_detector(model, output_dir, examples, categories, *, calibration=None, variants=tflite.VARIANTS,
-                    name=None, tolerances=None, float_ops=None, latency_runs=10, verbose=True):
+                    name=None, tolerances=None, float_ops=None, float_layers=None, latency_runs=10,
+                    verbose=True):
     """`kseg export` for a Mask R-CNN, Panoptic FPN or MaskFormer run: every requested variant and its report.
 
     Writes `<name>_<variant>.tflite`, export_report.json and export_report.md in `output_dir`
@@ -175,6 +196,7 @@ def export_detector(model, output_dir, examples, categories, *, calibration=None
         name: file name stem (default: the model's name).
         tolerances: {variant: {key: value}} overriding DETECTOR_TOLERANCES (keys TOLERANCE_KEYS).
         float_ops: int8: TFLite op names kept float (default tflite.DETECTOR_FLOAT_OPS).
+        float_layers: int8: Keras layer names kept float (default tflite.DETECTOR_FLOAT_LAYERS).
         latency_runs: timed CPU runs per variant.
         verbose: print progress.
 
@@ -208,21 +230,28 @@ def export_detector(model, output_dir, examples, categories, *, calibration=None
               "tolerances": limits, "targets": DETECTOR_TARGETS, "variants": {}}
     representative = None if calibration is None else [np.asarray(c, np.float32)[None] for c in calibration]
     bar = ProgressBar(len(variants), "export") if verbose else None
+    runs = {}  # the variants LiteRT runs: timed together at the end
     for variant in variants:
         started = time.perf_counter()
-        content = tflite.detector_tflite(model, variant, representative=representative, float_ops=float_ops)
+        content = tflite.detector_tflite(model, variant, representative=representative, float_ops=float_ops,
+                                         float_layers=float_layers)
         convert_seconds = time.perf_counter() - started
         path = output_dir / f"{name}_{variant}.tflite"
         with atomic_write(path, "wb") as f:
             f.write(content)
         entry = {"file": str(path), "size_bytes": len(content), "ops": tflite.op_counts(content),
                  "convert_seconds": round(convert_seconds, 1), "metric": report["metric"]}
+        if variant == "int8":  # what stays float, and why: tflite.DETECTOR_FLOAT_*
+            entry["kept_float"] = {
+                "ops": list(tflite.DETECTOR_FLOAT_OPS if float_ops is None else float_ops),
+                "layers": list(tflite.DETECTOR_FLOAT_LAYERS if float_layers is None else float_layers)}
         try:  # a variant LiteRT cannot run, or whose outputs the metric refuses, fails its check
             got = accuracy(model, examples, categories, forward=tflite_forward(content))["value"]
-            entry.update(cpu=cpu_latency(content, images[0], latency_runs), accuracy=got,
+            entry.update(cpu=None, accuracy=got,
                          accuracy_drop=None if got is None or keras_accuracy["value"] is None
                          else keras_accuracy["value"] - got, parity=detector_parity(model, content, images))
             entry["failures"] = detector_failures(entry, limits[variant])
+            runs[variant] = content
         except Exception as e:  # LiteRT's RuntimeError, the metric's DataError
             entry.update(cpu=None, accuracy=None, accuracy_drop=None, parity=None,
                          failures=[f"does not run: {type(e).__name__}: {' '.join(str(e).split())[:300]}"])
@@ -230,6 +259,8 @@ def export_detector(model, output_dir, examples, categories, *, calibration=None
         report["variants"][variant] = entry
         if bar:
             bar.update(1)
+    for variant, cpu in cpu_latency(runs, images[0], latency_runs).items():
+        report["variants"][variant]["cpu"] = cpu
     _against_fp32(report)
     report["passed"] = all(e["passed"] for e in report["variants"].values())
     write_json(output_dir / "export_report.json", report)

@@ -144,7 +144,7 @@ def convert(model, image_size=None, allow_flex=False, optimizations=None, suppor
 
 
 def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", allow_flex=False,
-                    float_fallback=False, float_ops=()):
+                    float_fallback=False, float_ops=(), float_layers=()):
     """Converts a batch-1 model (from `device_model`) to one of VARIANTS.
 
     Args:
@@ -163,6 +163,8 @@ def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", 
         float_ops: for "int8", TFLite op names (e.g. "EXP") kept float although an int8 kernel
             exists: the part of a graph where 8-bit activations cost accuracy (see
             `DETECTOR_FLOAT_OPS`). Implies float_fallback.
+        float_layers: for "int8", names of Keras layers (at any depth) whose every op stays
+            float (see `DETECTOR_FLOAT_LAYERS`). Implies float_fallback.
 
     Returns:
         The `.tflite` file content (bytes).
@@ -188,8 +190,9 @@ def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", 
         dtype = fixed_model.input.dtype
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([s.astype(dtype)] for s in samples)
+        selective = bool(float_ops or float_layers)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + (
-            [tf.lite.OpsSet.TFLITE_BUILTINS] if float_fallback or float_ops else []) + (
+            [tf.lite.OpsSet.TFLITE_BUILTINS] if float_fallback or selective else []) + (
             [tf.lite.OpsSet.SELECT_TF_OPS] if allow_flex else []
         )
         io_type = tf.uint8 if int8_io == "uint8" else tf.float32
@@ -197,18 +200,44 @@ def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", 
             converter.inference_input_type = io_type
         if all(o.dtype == "float32" for o in fixed_model.outputs):
             converter.inference_output_type = io_type
-        if float_ops:
+        if selective:
             if int8_io != "float32":
-                raise ValueError(f"float_ops {list(float_ops)} keep float32 inputs and outputs; got int8_io="
-                                 f"{int8_io!r}, expected 'float32'.")
-            return _selective_int8(converter, samples, dtype, float_ops)
+                raise ValueError(f"float_ops {list(float_ops)} and float_layers {list(float_layers)} keep float32 "
+                                 f"inputs and outputs; got int8_io={int8_io!r}, expected 'float32'.")
+            nodes = layer_nodes(_convert(_converter(fixed_model, allow_flex)), float_layers) if float_layers else []
+            if float_layers and not nodes:
+                raise ValueError(f"float_layers {list(float_layers)}: no op of the model is in these layers.")
+            return _selective_int8(converter, samples, dtype, float_ops, nodes)
     return _convert(converter)
 
 
-def _selective_int8(converter, samples, dtype, float_ops):
-    """Full-integer conversion with the ops named in `float_ops` left float (TFLite's
-    quantization debugger builds the model with those ops denylisted)."""
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops))
+def layer_nodes(tflite_model, layers):
+    """The tensor names of a float `.tflite` model that ops of the Keras layers `layers` write.
+
+    A tensor name is its op's TensorFlow name scope, e.g.
+    "model/mask_rcnn/box_roi_align_1/GatherV2" (fused ops join theirs with ";"); a layer matches
+    a scope part equal to its name or to its name with the "_N" suffix TensorFlow adds when a
+    name repeats. A model output is named after the signature ("StatefulPartitionedCall:3"),
+    not its layer: the op that writes one counts as the layers' when one of its inputs does.
+    """
+    from export.runtime import parse_model
+
+    pattern = re.compile(r"(^|/)(%s)(_\d+)?/" % "|".join(map(re.escape, layers)))
+    graph = parse_model(tflite_model).subgraphs[0]
+    names = [t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in graph.tensors]
+    inside = {i for i, name in enumerate(names) if pattern.search(name)}
+    outputs = set(graph.outputs)
+    for op in graph.operators:  # operators are in execution order: inputs come first
+        if any(i in inside for i in op.inputs) and all(o in outputs for o in op.outputs):
+            inside.update(op.outputs)
+    return sorted(names[i] for i in inside)
+
+
+def _selective_int8(converter, samples, dtype, float_ops, nodes):
+    """Full-integer conversion with the ops named in `float_ops` and the nodes (tensor names)
+    `nodes` left float (TFLite's quantization debugger builds the model with them denylisted)."""
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(float_ops),
+                                                             denylisted_nodes=nodes)
     with contextlib.redirect_stdout(io.StringIO()):
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=lambda: ([s.astype(dtype)] for s in samples), debug_options=options)
@@ -255,7 +284,25 @@ def run(tflite_model, image, num_threads=2):
 # stay float anyway. DIV: an int8 DIV whose divisor quantizes to its zero point stops LiteRT
 # ("div.cc: data[i] != zero_point"); the trained shapes Mask R-CNN and Panoptic FPN hit it in
 # their box and ROI geometry on held-out images.
-DETECTOR_FLOAT_OPS = ("DIV",)
+# GATHER: ROI Align samples with it (see DETECTOR_FLOAT_LAYERS); the detectors use it nowhere in
+# the backbone, FPN or heads, and the quantizer's node denylist misses one in the proposals.
+# SPLIT, UNPACK, TOPK_V2: ops with several outputs, which the node denylist does not reach
+# either; in the detectors they only carry box coordinates, scores and Panoptic FPN's stuff
+# segment ids, which int8 rounds (segment 3 becomes 2.9: the listed segment loses its pixels).
+DETECTOR_FLOAT_OPS = ("DIV", "GATHER", "SPLIT", "UNPACK", "TOPK_V2")
+# Keras layers whose ops a detector's int8 variant keeps float: the geometry, sampling, pasting
+# and fusion after the networks, and MaskFormer's small per-query heads. Measured with TFLite's
+# quantization debugger on the trained shapes models, calibrated on their training images (RMSE
+# of each op's output in its own quanta): ROI Align's GATHER 1785 and the mask paste's clipped
+# coordinates 254 (Mask R-CNN); the fusion's id arithmetic up to 1e9 (Panoptic FPN); MaskFormer's
+# inference 182 and its mask-embedding matmul 7 (mask logits off by up to 3.9); the worst op of
+# a backbone, FPN or head elsewhere, an RPN box-delta conv, 9. On 12 held-out shapes images
+# (benchmarks/detector_variants.py), int8 mask AP / PQ below Keras with only ROI Align and
+# pasting float: Mask R-CNN 6.82 points; adding "proposals" and "detections": 0.54; MaskFormer
+# with "inference" only: 2.18, adding "heads": 0.95. Backbones, FPNs, the RPN, box, mask and
+# semantic heads and MaskFormer's pixel and transformer decoders stay integer.
+DETECTOR_FLOAT_LAYERS = ("proposals", "box_roi_align", "detections", "mask_roi_align", "masks", "fusion", "inference",
+                         "heads")
 
 
 def detector_model(model):
@@ -279,7 +326,7 @@ def detector_model(model):
     return keras.Model(image, twin(image), name=model.name)
 
 
-def detector_tflite(model, variant="fp32", representative=None, float_ops=None):
+def detector_tflite(model, variant="fp32", representative=None, float_ops=None, float_layers=None):
     """A kseg MaskRCNN (or TorchvisionMaskRCNN), PanopticFPN or MaskFormer as builtin-op TFLite bytes, batch 1.
 
     Args:
@@ -290,14 +337,19 @@ def detector_tflite(model, variant="fp32", representative=None, float_ops=None):
         representative: for "int8": float32 images [1, H, W, 3] at the model's size, real
             ones (e.g. the run's training images) that calibrate the activation ranges.
         float_ops: for "int8", TFLite op names kept float (default DETECTOR_FLOAT_OPS).
+        float_layers: for "int8", Keras layer names whose ops stay float (default
+            DETECTOR_FLOAT_LAYERS).
 
     Returns:
         The `.tflite` bytes; the signature keeps the Keras dict's output names ("boxes",
         "scores", ...). Raises FlexOpsError if conversion needs Flex ops.
     """
     float_ops = DETECTOR_FLOAT_OPS if float_ops is None else tuple(float_ops)
+    float_layers = DETECTOR_FLOAT_LAYERS if float_layers is None else tuple(float_layers)
+    int8 = variant == "int8"
     return convert_variant(detector_model(model), variant, representative=representative, int8_io="float32",
-                           float_fallback=True, float_ops=float_ops if variant == "int8" else ())
+                           float_fallback=True, float_ops=float_ops if int8 else (),
+                           float_layers=float_layers if int8 else ())
 
 
 def compare_detections(reference, got, image_size, mask_threshold=0.5):

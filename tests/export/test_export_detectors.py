@@ -5,6 +5,7 @@ instance run folder writes what `kseg export` writes."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
@@ -19,13 +20,19 @@ SIZE = (64, 64)
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 
 
-def conv_input_types(content):
-    """The dtype of every CONV_2D's activation input: int8 where the convolution computes in integers."""
+def input_types(content, op_name="CONV_2D", scope=""):
+    """The dtype of the first input of every `op_name` op (whose output name holds `scope`):
+    int8 where the op computes in integers."""
     interpreter = Interpreter(model_content=content)
     interpreter.allocate_tensors()
-    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
-    return {np.dtype(tensors[op["inputs"][0]]).name for op in interpreter._get_ops_details()
-            if op["op_name"] == "CONV_2D"}
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return {np.dtype(tensors[op["inputs"][0]]["dtype"]).name for op in interpreter._get_ops_details()
+            if op["op_name"] == op_name and scope in tensors[op["outputs"][0]]["name"]}
+
+
+def conv_input_types(content):
+    """The dtype of every CONV_2D's activation input: int8 where the convolution computes in integers."""
+    return input_types(content, "CONV_2D")
 
 
 def check_variants(report):
@@ -37,6 +44,8 @@ def check_variants(report):
         runtime.check_model(content)  # raises on Flex or custom ops
     assert conv_input_types(contents["fp32"]) == {"float32"}
     assert conv_input_types(contents["int8"]) == {"int8"}  # integer compute in backbone, FPN and heads
+    # ROI Align samples in float (DETECTOR_FLOAT_LAYERS); the box geometry, mask pasting and fusion too
+    assert "int8" not in input_types(contents["int8"], "GATHER", "roi_align")
     assert entries["fp16"]["ops"].get("DEQUANTIZE", 0) > 0  # float16 weights, dequantized to float32
     assert entries["fp16"]["size_ratio_vs_fp32"] >= 1.9
     assert entries["dynamic"]["size_ratio_vs_fp32"] >= 3.0
@@ -62,6 +71,10 @@ def mask_rcnn_report(tmp_path_factory):
 def test_mask_rcnn_exports_every_variant_with_builtin_ops(mask_rcnn_report):
     check_variants(mask_rcnn_report)
     assert mask_rcnn_report["metric"] == "mask_AP"
+    int8 = open(mask_rcnn_report["variants"]["int8"]["file"], "rb").read()
+    sampled = input_types(int8, "GATHER", "roi_align")
+    assert "float32" in sampled and "int8" not in sampled  # ROI Align is there, and samples in float
+    assert mask_rcnn_report["variants"]["int8"]["kept_float"]["layers"][:2] == ["proposals", "box_roi_align"]
     fp32 = mask_rcnn_report["variants"]["fp32"]
     assert fp32["passed"], fp32["failures"]
     assert fp32["parity"]["detections"] > 0 and fp32["parity"]["max_box_error"] <= 1e-3
@@ -140,3 +153,25 @@ def test_export_run_of_an_instance_run_writes_what_kseg_export_writes(tmp_path):
     assert report["images"] == 2 and report["calibration_images"] == 3
     assert report["variants"]["fp32"]["passed"] and not report["variants"]["int8"]["passed"]
     assert not (tmp_path / "refused").exists()
+
+
+def test_float_layers_keep_their_ops_and_the_outputs_they_write_float():
+    """`float_layers` names Keras layers: their ops, and the model outputs they write, stay float
+    in the int8 variant while the other layers compute in integers."""
+    from export.tflite import convert_variant, layer_nodes
+
+    image = keras.Input((8, 8, 3), batch_size=1)
+    features = keras.layers.Conv2D(4, 3, padding="same", name="body")(image)
+    flat = keras.layers.Flatten()(features)
+    post = keras.layers.Dense(5, name="post")(flat)
+    model = keras.Model(image, {"score": keras.layers.Activation("sigmoid", name="squash")(post), "raw": flat})
+    samples = [np.random.default_rng(i).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32) for i in range(4)]
+    nodes = layer_nodes(convert_variant(model, "fp32"), ["post"])
+    assert nodes and all("post" in name or ":" in name for name in nodes)  # its op, and the output it writes
+    plain = convert_variant(model, "int8", samples, int8_io="float32", float_fallback=True)
+    kept = convert_variant(model, "int8", samples, int8_io="float32", float_layers=["post"])
+    assert input_types(plain, "FULLY_CONNECTED") == {"int8"} and input_types(kept, "FULLY_CONNECTED") == {"float32"}
+    assert input_types(kept, "CONV_2D") == {"int8"}
+    assert input_types(kept, "LOGISTIC") == {"float32"}  # the output op that "post" feeds
+    with pytest.raises(ValueError, match="no op of the model"):
+        convert_variant(model, "int8", samples, int8_io="float32", float_layers=["absent"])
