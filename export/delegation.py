@@ -47,3 +47,26 @@ def gpu_op_support(model):
         gpu, reason = verdicts[key]
         results.append({"index": index, "op": key[0], "gpu": gpu, "reason": reason})
     return results
+
+
+def gpu_summary(support):
+    """Ops taken and CPU<->GPU crossings of one inference, from `gpu_op_support`'s verdicts.
+
+    A crossing is a change of device between two operators next to each other in execution
+    order (an op the GPU does not take, or that could not be tried, runs on the CPU); the
+    input's upload and the outputs' download are not counted.
+
+    Args:
+        support: `gpu_op_support`'s list, in operator order.
+
+    Returns:
+        {"ops", "gpu_ops", "crossings", "cpu_op_types": {op name: count}}.
+    """
+    on_gpu = [r["gpu"] is True for r in support]
+    cpu_types = {}
+    for r in support:
+        if r["gpu"] is not True:
+            cpu_types[r["op"]] = cpu_types.get(r["op"], 0) + 1
+    return {"ops": len(on_gpu), "gpu_ops": sum(on_gpu),
+            "crossings": sum(a != b for a, b in zip(on_gpu, on_gpu[1:])),
+            "cpu_op_types": dict(sorted(cpu_types.items(), key=lambda kv: -kv[1]))}

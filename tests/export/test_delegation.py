@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from export import runtime
-from export.delegation import gpu_op_support
+from export.delegation import gpu_op_support, gpu_summary
 
 pytestmark = pytest.mark.skipif(
     not Path(runtime.SWIFTSHADER_ICD).exists(),
@@ -41,3 +41,16 @@ def test_conv_is_taken_and_nms_is_left_to_the_cpu(tmp_path):
     assert verdict["CONV_2D"] is True
     assert verdict["NON_MAX_SUPPRESSION_V4"] is False
     assert [r["index"] for r in support] == list(range(len(support)))
+    summary = gpu_summary(support)
+    assert summary["ops"] == len(support) and 0 < summary["gpu_ops"] < len(support)
+    assert summary["cpu_op_types"].get("NON_MAX_SUPPRESSION_V4") == 1 and "CONV_2D" not in summary["cpu_op_types"]
+    assert summary["crossings"] >= 1  # the convolution on the GPU hands its result to the CPU's NMS
+
+
+def test_crossings_count_each_change_of_device_in_execution_order():
+    ops = lambda *placements: [{"index": i, "op": "OP" if g else "CPU_OP", "gpu": g}  # noqa: E731
+                               for i, g in enumerate(placements)]
+    assert gpu_summary(ops(True, True, True))["crossings"] == 0
+    assert gpu_summary(ops(True, True, False, None))["crossings"] == 1  # not tried counts as the CPU
+    assert gpu_summary(ops(True, False, True, False))["crossings"] == 3
+    assert gpu_summary(ops(False, True, False))["cpu_op_types"] == {"CPU_OP": 2}
