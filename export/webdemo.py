@@ -9,7 +9,7 @@ With no --run it uses `kseg-demo/run` (what `kseg demo` writes), training it fir
 3 minutes on 2 cores) when it is not there. It also exports a person segmenter, listed first with
 blur as its effect, when a person run exists at `runs/person` (where the README's "Person
 segmentation for AR" training command writes it), or at --person-run RUN / $KSEG_PERSON_RUN;
-otherwise it prints one line saying how to train one (about an hour; nothing is trained here).
+otherwise it prints one line saying how to train one (one to two hours on 2 cores; nothing is trained here).
 With --run or --instance-model, only those are exported (and --person-run's run, if given). Each run is exported by `export.export_run` (what
 `kseg export` runs) to every variant (fp32, fp16, dynamic, int8) at the run's image size, uint8
 camera input, logits out and TFLite metadata, so the same files also run in MediaPipe's Image
@@ -52,11 +52,13 @@ PERSON_TITLE = "Person (kseg)"
 PERSON_EFFECTS = ("blur", "replace", "classes", "outlines")  # the page's effect menu, its default first
 # The README's training command ("Person segmentation for AR"), on one line; tests check they match.
 PERSON_TRAIN = (
-    "D=../shared/data/person-segmentation; kseg train --images $D/train/images --masks $D/train/masks "
-    "--val-images $D/val/images --val-masks $D/val/masks --num-classes 2 --channels 3 --image-size 192 "
-    "--class-names background,person --model mobile_unet --set encoder=inverted_residual "
-    "--set encoder_filters=16,16,24,32,64,96 --set decoder_filters=64,48,24,16 --batch-size 8 --loss ce_dice "
-    "--schedule cosine --lr 0.002 --epochs 70 --steps-per-epoch 100 --seed 0 --output runs/person"
+    'D=../shared/data/person-segmentation; kseg train --images $D/train/images --masks $D/train/masks '
+    '--val-images $D/val/images --val-masks $D/val/masks --num-classes 2 --channels 3 --image-size 224 '
+    '--class-names background,person --model mobile_unet --set encoder=inverted_residual --set '
+    'encoder_filters=16,16,24,32,64,96 --set decoder_filters=64,48,24,16 --augment rot90=False --augment '
+    'elastic_prob=0 --augment "scale_range=(0.6,1.4)" --augment brightness=0.2 --augment contrast=0.3 '
+    '--batch-size 8 --loss ce_dice --schedule cosine --lr 0.002 --epochs 80 --steps-per-epoch 100 --seed '
+    '0 --output runs/person'
 )
 INSTANCE_OUTPUTS = ("boxes", "scores", "classes", "masks", "num_detections")
 SCORE_THRESHOLD = 0.5  # detections below it are not shown
@@ -287,7 +289,7 @@ def add_person_run(run_dir, models_dir, gpu=False):
 def person_hint():
     """The line printed when there is no person run."""
     return (f"no person model ({PERSON_RUN}/run.json, --person-run or ${PERSON_RUN_ENV}): the page starts with the "
-            f"ISBI model; to train one (about an hour): {PERSON_TRAIN}")
+            f"ISBI model; to train one (one to two hours on 2 cores): {PERSON_TRAIN}")
 
 
 def export_instance_model(model, models_dir, name, labels=None, title=None, score_threshold=SCORE_THRESHOLD,
