@@ -55,10 +55,17 @@ def gpu_placement(report, variants):
     placement = {}
     for variant in (v for v in variants if v in report["variants"]):
         path = report["variants"][variant]["file"]
-        placement[variant] = gpu_summary(runtime.in_subprocess(gpu_op_support, path, timeout=1800))
+        try:  # the GPU runtime can crash on an op compiled alone: the child dies, the row says so
+            placement[variant] = gpu_summary(runtime.in_subprocess(gpu_op_support, path, timeout=1800))
+        except RuntimeError as e:
+            placement[variant] = {"error": f"per-op check: {str(e).splitlines()[0][:200]}"}
         image = np.zeros([1, *report["image_size"], 3], np.float32)
-        whole = runtime.in_subprocess(runtime.gpu_outputs, path, [image], timeout=900)
-        placement[variant]["whole_graph"] = bool(whole["fully_accelerated"])
+        try:
+            whole = runtime.in_subprocess(runtime.gpu_outputs, path, [image], timeout=900)
+            placement[variant]["whole_graph"] = bool(whole["fully_accelerated"])
+        except RuntimeError as e:
+            placement[variant]["whole_graph"] = None
+            placement[variant]["error"] = f"{placement[variant].get('error', '')} whole graph: {str(e)[:200]}".strip()
     return placement
 
 
@@ -75,8 +82,9 @@ def rows_of(report):
             "keras": r(report["keras_accuracy"]), "tflite": r(e["accuracy"]),
             "drop": r(e["accuracy_drop"]), "matched": f"{p.get('matched_same_class')}/{p.get('detections')}",
             "min_mask_iou": r(p.get("min_mask_iou"), 3), "mean_pan_agree": r(p.get("mean_panoptic_agreement"), 4),
-            "gpu_ops": f"{g['gpu_ops']}/{g['ops']}" if (g := report.get("gpu", {}).get(variant)) else None,
-            "crossings": g["crossings"] if g else None,
+            "gpu_ops": (f"{g['gpu_ops']}/{g['ops']}" if "ops" in g else "crash") if (
+                g := report.get("gpu", {}).get(variant)) else None,
+            "crossings": g.get("crossings") if g else None,
             "whole_graph_gpu": g.get("whole_graph") if g else None,
             "targets": "met" if not e["targets_missed"] else "; ".join(e["targets_missed"]),
             "check": "pass" if e["passed"] else "FAIL: " + "; ".join(e["failures"])})
@@ -93,6 +101,8 @@ def main():
     parser.add_argument("--gpu", nargs="*", default=["fp32", "fp16"], metavar="VARIANT",
                         help="variants whose ops are placed on LiteRT's GPU accelerator one by one (SwiftShader "
                              "here): ops taken and CPU<->GPU crossings (default fp32 fp16; none: --gpu)")
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="no conversion: only the GPU placement (--gpu) of the files earlier invocations left")
     parser.add_argument("--table-only", action="store_true",
                         help="no conversion: the table of the reports earlier invocations left for --runs "
                              "(one invocation per run can then run in parallel)")
@@ -101,7 +111,13 @@ def main():
     reports = {}
     for run in args.runs:
         folder = RESULTS / "detector_variants_run" / Path(run).name
-        if not args.table_only:
+        if args.gpu_only:
+            from kseg.utils import write_json
+
+            write_json(folder / "gpu_placement.json",
+                       gpu_placement(json.loads((folder / "export_report.json").read_text()), args.gpu))
+            print(f"{run}: GPU placement done", flush=True)
+        elif not args.table_only:
             from export.detector_report import export_detector
             from kseg.utils import write_json
 
@@ -115,7 +131,7 @@ def main():
         if (folder / "gpu_placement.json").exists():
             reports[run]["gpu"] = json.loads((folder / "gpu_placement.json").read_text())
     rows = [row for report in reports.values() for row in rows_of(report)]
-    if not args.table_only and len(args.runs) == 1:  # one of several parallel invocations: the table comes later
+    if not (args.table_only or args.gpu_only) and len(args.runs) == 1:  # one of several parallel invocations: the table comes later
         print_table(rows, list(rows[0]))
         return
     path = write_results("detector_variants", {"machine": machine(), "images": args.images,
