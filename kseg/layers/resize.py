@@ -38,9 +38,20 @@ class NearestUpsampling2D(layers.Layer):
         if height is None or width is None:
             shape = tf.shape(x)
             height, width = shape[1], shape[2]
-        # Half-pixel centres (TensorFlow's resize) map output pixel i to input pixel
-        # floor((i + 0.5) / factor) = i // factor: exactly UpSampling2D's repetition.
-        return tf.image.resize(x, (height * self.factor, width * self.factor), method="nearest")
+        factor = self.factor
+
+        @tf.custom_gradient
+        def upsample(x):
+            # Half-pixel centres (TensorFlow's resize) map output pixel i to input pixel
+            # floor((i + 0.5) / factor) = i // factor: exactly UpSampling2D's repetition.
+            def gradient(dy):  # each input pixel's factor x factor block, summed: XLA has no
+                shape = tf.shape(x)  # kernel for ResizeNearestNeighborGrad
+                blocks = tf.reshape(dy, [shape[0], shape[1], factor, shape[2], factor, shape[3]])
+                return tf.reduce_sum(blocks, axis=[2, 4])
+
+            return tf.image.resize(x, (height * factor, width * factor), method="nearest"), gradient
+
+        return upsample(x)
 
     def compute_output_shape(self, input_shape):
         scale = lambda n: None if n is None else n * self.factor  # noqa: E731

@@ -20,6 +20,23 @@ def test_equals_keras_nearest_upsampling(factor, shape):
     np.testing.assert_array_equal(NearestUpsampling2D(factor)(x), expected)
 
 
+def test_gradient_equals_upsampling2d_and_compiles_under_xla():
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 3, 5, 4)).astype("float32"))
+    weights = tf.constant(np.random.default_rng(2).normal(size=(2, 6, 10, 4)).astype("float32"))
+
+    def gradient(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * weights)
+        return tape.gradient(loss, x)
+
+    expected = gradient(keras.layers.UpSampling2D(2, interpolation="nearest"))
+    # the same 4-term sums in another order: float32 rounding only
+    np.testing.assert_allclose(gradient(NearestUpsampling2D(2)), expected, rtol=1e-6, atol=1e-6)
+    compiled = tf.function(lambda: gradient(NearestUpsampling2D(2)), jit_compile=True)
+    np.testing.assert_allclose(compiled(), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_unknown_spatial_size_and_config_round_trip():
     layer = NearestUpsampling2D(2, name="up")
     fn = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
