@@ -144,7 +144,7 @@ def convert(model, image_size=None, allow_flex=False, optimizations=None, suppor
 
 
 def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", allow_flex=False,
-                    float_fallback=False, float_ops=(), float_layers=()):
+                    float_fallback=False, float_ops=(), float_layers=(), float_model=None):
     """Converts a batch-1 model (from `device_model`) to one of VARIANTS.
 
     Args:
@@ -165,6 +165,8 @@ def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", 
             `DETECTOR_FLOAT_OPS`). Implies float_fallback.
         float_layers: for "int8", names of Keras layers (at any depth) whose every op stays
             float (see `DETECTOR_FLOAT_LAYERS`). Implies float_fallback.
+        float_model: with float_layers, the "fp32" bytes of the same model when already made
+            (they name the layers' ops; otherwise a float conversion is made for that).
 
     Returns:
         The `.tflite` file content (bytes).
@@ -204,7 +206,8 @@ def convert_variant(fixed_model, variant, representative=None, int8_io="uint8", 
             if int8_io != "float32":
                 raise ValueError(f"float_ops {list(float_ops)} and float_layers {list(float_layers)} keep float32 "
                                  f"inputs and outputs; got int8_io={int8_io!r}, expected 'float32'.")
-            nodes = layer_nodes(_convert(_converter(fixed_model, allow_flex)), float_layers) if float_layers else []
+            float_model = float_model or (_convert(_converter(fixed_model, allow_flex)) if float_layers else None)
+            nodes = layer_nodes(float_model, float_layers) if float_layers else []
             if float_layers and not nodes:
                 raise ValueError(f"float_layers {list(float_layers)}: no op of the model is in these layers.")
             return _selective_int8(converter, samples, dtype, float_ops, nodes)
@@ -326,7 +329,7 @@ def detector_model(model):
     return keras.Model(image, twin(image), name=model.name)
 
 
-def detector_tflite(model, variant="fp32", representative=None, float_ops=None, float_layers=None):
+def detector_tflite(model, variant="fp32", representative=None, float_ops=None, float_layers=None, float_model=None):
     """A kseg MaskRCNN (or TorchvisionMaskRCNN), PanopticFPN or MaskFormer as builtin-op TFLite bytes, batch 1.
 
     Args:
@@ -339,6 +342,8 @@ def detector_tflite(model, variant="fp32", representative=None, float_ops=None, 
         float_ops: for "int8", TFLite op names kept float (default DETECTOR_FLOAT_OPS).
         float_layers: for "int8", Keras layer names whose ops stay float (default
             DETECTOR_FLOAT_LAYERS).
+        float_model: for "int8", this model's "fp32" bytes when already converted (saves a
+            conversion).
 
     Returns:
         The `.tflite` bytes; the signature keeps the Keras dict's output names ("boxes",
@@ -349,7 +354,7 @@ def detector_tflite(model, variant="fp32", representative=None, float_ops=None, 
     int8 = variant == "int8"
     return convert_variant(detector_model(model), variant, representative=representative, int8_io="float32",
                            float_fallback=True, float_ops=float_ops if int8 else (),
-                           float_layers=float_layers if int8 else ())
+                           float_layers=float_layers if int8 else (), float_model=float_model if int8 else None)
 
 
 def compare_detections(reference, got, image_size, mask_threshold=0.5):
