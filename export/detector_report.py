@@ -231,12 +231,12 @@ def export_detector(model, output_dir, examples, categories, *, calibration=None
     representative = None if calibration is None else [np.asarray(c, np.float32)[None] for c in calibration]
     bar = ProgressBar(len(variants), "export") if verbose else None
     runs = {}  # the variants LiteRT runs: timed together at the end
-    converted = {}  # the fp32 bytes name the layers the int8 variant keeps float
+    fp32 = None  # its bytes name the layers the int8 variant keeps float
     for variant in variants:
         started = time.perf_counter()
         content = tflite.detector_tflite(model, variant, representative=representative, float_ops=float_ops,
-                                         float_layers=float_layers, float_model=converted.get("fp32"))
-        converted[variant] = content
+                                         float_layers=float_layers, float_model=fp32)
+        fp32 = content if variant == "fp32" else fp32
         convert_seconds = time.perf_counter() - started
         path = output_dir / f"{name}_{variant}.tflite"
         with atomic_write(path, "wb") as f:

@@ -38,7 +38,7 @@ DETECTOR_EFFECTS = ("instances", "panoptic")
 # Names only kseg's detectors give an output: a model with any of them is read as a detector.
 _DETECTOR_NAMES = set(INSTANCE_OUTPUTS + PANOPTIC_OUTPUTS) | {"segment_area", "semantic_logits", "class_probs",
                                                              "mask_logits"}
-SCORE_THRESHOLD = 0.5  # the web demo's: detections below it are not drawn
+SCORE_THRESHOLD = 0.5  # detections below it are not drawn (demo-video and the web demo)
 MASK_THRESHOLD = 0.5  # a frame pixel is in a detection where its upsampled mask probability is at least this
 ALPHA = 0.5  # weight of the instance or segment colour
 

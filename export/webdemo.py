@@ -41,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+# one contract for both demos: the page and demo-video read a Mask R-CNN file the same way
+from export.video_detections import INSTANCE_OUTPUTS, MASK_THRESHOLD, SCORE_THRESHOLD
+
 INDEX = "index.json"
 SIDECAR = "webdemo.json"
 SAMPLE = "sample.png"
@@ -60,9 +63,6 @@ PERSON_TRAIN = (
     '--batch-size 8 --loss ce_dice --schedule cosine --lr 0.002 --epochs 80 --steps-per-epoch 100 --seed '
     '0 --output runs/person'
 )
-INSTANCE_OUTPUTS = ("boxes", "scores", "classes", "masks", "num_detections")
-SCORE_THRESHOLD = 0.5  # detections below it are not shown
-MASK_THRESHOLD = 0.5  # a pixel belongs to a detection where its mask probability is at least this
 
 
 def model_entries(export_dir, models_dir):
