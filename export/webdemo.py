@@ -4,13 +4,16 @@
     python3 -m export.webdemo --out mobile_demo/public/models --run RUN  # your own kseg run(s)
     python3 -m export.webdemo --out mobile_demo/public/models \
         --instance-model shapes_mask_rcnn.keras --instance-labels circle,square,triangle
+    python3 -m export.webdemo --out mobile_demo/public/models \
+        --panoptic RUN/export --panoptic-labels RUN/run.json --panoptic-variants fp32,int8
 
 With no --run it uses `kseg-demo/run` (what `kseg demo` writes), training it first (about
 3 minutes on 2 cores) when it is not there. It also exports a person segmenter, listed first with
 blur as its effect, when a person run exists at `runs/person` (where the README's "Person
 segmentation for AR" training command writes it), or at --person-run RUN / $KSEG_PERSON_RUN;
 otherwise it prints one line saying how to train one (one to two hours on 2 cores; nothing is trained here).
-With --run or --instance-model, only those are exported (and --person-run's run, if given). Each run is exported by `export.export_run` (what
+With --run, --instance-model or --panoptic, only those are exported (and --person-run's run, if
+given). Each run is exported by `export.export_run` (what
 `kseg export` runs) to every variant (fp32, fp16, dynamic, int8) at the run's image size, uint8
 camera input, logits out and TFLite metadata, so the same files also run in MediaPipe's Image
 Segmenter.
@@ -26,11 +29,20 @@ An entry's "task" says how the page reads the model's outputs:
                 "image" float32 [1, H, W, 3] raw pixels; outputs by signature name: "boxes"
                 [1, D, 4] (y1, x1, y2, x2) pixels, "scores" [1, D], "classes" [1, D] int32
                 (1..K, 0 pads), "masks" [1, D, H, W] probabilities, "num_detections" [1]
+    "panoptic"  a Panoptic FPN or MaskFormer (kseg.models), any variant, as "instance" but with the
+                panoptic outputs by signature name (export.video_detections.PANOPTIC_OUTPUTS):
+                "panoptic" [1, H, W] int32 segment ids, "segment_category" / "segment_is_thing" /
+                "segment_score" [1, N], "num_segments" [1]; the page draws what `kseg demo-video`
+                draws for it (kseg.viz.panoptic_overlay)
 
 Labels are indexed by class id in both: an instance entry's labels are ["background", name of
 class 1, ..., name of class K], so `labels[c]` and `colors[c]` serve a detection of class c.
 Instance entries also carry `instance_colors` (kseg.viz.instance_colors, one per detection
 slot: detection i is drawn in colour i) and the score and mask thresholds the page applies.
+Panoptic entries are indexed by category id (labels[0] "void", gaps "class c"), carry
+`categories` [{"id", "name", "color"}] (the colour of a stuff segment: kseg.viz.palette over the
+categories in id order, as panoptic_overlay gives it), `instance_colors` (the k-th thing segment
+in id order is drawn in colour k) and `alpha` (the tint's weight, demo-video's).
 """
 
 import argparse
@@ -42,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 # one contract for both demos: the page and demo-video read a Mask R-CNN file the same way
-from export.video_detections import INSTANCE_OUTPUTS, MASK_THRESHOLD, SCORE_THRESHOLD
+from export.video_detections import ALPHA, INSTANCE_OUTPUTS, MASK_THRESHOLD, PANOPTIC_OUTPUTS, SCORE_THRESHOLD
 
 INDEX = "index.json"
 SIDECAR = "webdemo.json"
@@ -76,6 +88,11 @@ def model_entries(export_dir, models_dir):
     if extra.get("task") == "instance":
         files = extra.get("files") or {"fp32": extra.get("file")}  # an older sidecar names one fp32 file
         return [instance_entry(export_dir, models_dir, extra, variant, file) for variant, file in files.items()]
+    if extra.get("task") == "panoptic":
+        from export.webdemo_panoptic import panoptic_entry
+
+        return [panoptic_entry(export_dir, models_dir, extra, variant, file)
+                for variant, file in extra.get("files", {}).items()]
     report_path = export_dir / "export_report.json"
     if not report_path.exists():
         raise FileNotFoundError(f"{report_path} not found: expected a folder written by `kseg export`.")
@@ -192,7 +209,8 @@ def write_index(models_dir, sample=None):
 
     models_dir = Path(models_dir)
     exports = {p.parent for p in models_dir.glob("*/export_report.json")}
-    exports |= {p.parent for p in models_dir.glob(f"*/{SIDECAR}") if _read_sidecar(p.parent).get("task") == "instance"}
+    exports |= {p.parent for p in models_dir.glob(f"*/{SIDECAR}")
+                if _read_sidecar(p.parent).get("task") in ("instance", "panoptic")}
     exports = sorted(exports, key=lambda d: (int(_read_sidecar(d).get("order", 1)), d.name))
     if not exports:
         raise FileNotFoundError(f"{models_dir}: no */export_report.json (nor an instance model's */{SIDECAR}); "
@@ -377,13 +395,20 @@ def main(argv=None):
                         help="names of the instance models' classes 1..K, comma-separated (default: class 1, ...)")
     parser.add_argument("--instance-variants", default="fp32", metavar="V,V",
                         help="the instance models' variants: fp32, fp16, dynamic, comma-separated (default fp32)")
+    parser.add_argument("--panoptic", action="append", metavar="DIR",
+                        help="a panoptic run's `kseg export` folder (or the run, with export/ in it) whose variants "
+                             "to copy in (repeatable)")
+    parser.add_argument("--panoptic-labels", metavar="A,B|RUN/run.json",
+                        help="the panoptic models' categories, as demo-video's --labels (default: found beside them)")
+    parser.add_argument("--panoptic-variants", metavar="V,V", help="the variants to copy (default: all exported)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.name and len(args.run or []) + len(args.instance_model or []) > 1:
-        parser.error("--name names a single --run or --instance-model; rename export folders one at a time")
+    if args.name and len(args.run or []) + len(args.instance_model or []) + len(args.panoptic or []) > 1:
+        parser.error("--name names a single --run, --instance-model or --panoptic; rename folders one at a time")
+    given = args.run or args.instance_model or args.panoptic
     try:
-        # With --run or --instance-model only those are exported, unless --person-run names one.
-        own = args.index_only or ((args.run or args.instance_model) and not args.person_run)
+        # With --run, --instance-model or --panoptic only those are exported, unless --person-run names one.
+        own = args.index_only or (given and not args.person_run)
         person = None if own else person_run(args.person_run)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -400,8 +425,8 @@ def main(argv=None):
             print(f"exporting the person model from {person}")
             add_person_run(person, out, gpu=args.gpu)
         if not args.index_only:
-            runs = args.run or ([] if args.instance_model else [str(DEFAULT_RUN)])
-            if not args.run and not args.instance_model and not (DEFAULT_RUN / "run.json").exists():
+            runs = args.run or ([] if given else [str(DEFAULT_RUN)])
+            if not given and not (DEFAULT_RUN / "run.json").exists():
                 from kseg.training.demo import run_demo
 
                 print(f"training the demo model into {DEFAULT_RUN.parent} (kseg demo, about 3 minutes)")
@@ -417,6 +442,11 @@ def main(argv=None):
             for path in args.instance_model or []:
                 add_instance_model(path, out, name=args.name, labels=args.instance_labels,
                                    variants=[v.strip() for v in args.instance_variants.split(",")])
+            for folder in args.panoptic or []:
+                from export.webdemo_panoptic import add_panoptic_export
+
+                variants = args.panoptic_variants and [v.strip() for v in args.panoptic_variants.split(",")]
+                add_panoptic_export(folder, out, name=args.name, labels=args.panoptic_labels, variants=variants)
         index = write_index(out)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

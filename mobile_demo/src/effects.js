@@ -14,16 +14,26 @@
 //            none; the frame edge is no border) in its colour, and a label "name 0.93" on a
 //            patch of that colour at its box's top-left corner (above the box when there is room);
 //   blur and replace act on the instances' union, as on a class mask.
+// For a panoptic model (a result with `segments` and `panopticIds`) the effect `panoptic` draws
+// what kseg.viz.panoptic_overlay draws (demo-video's panoptic effect): every segment tinted at
+// the entry's `alpha` (0.5) in its colour (stuff: its category's colour, the entry's
+// `categories[].color`; things: kseg.viz.instance_colors in ascending segment id order), a white
+// outline on each thing (its pixels with a 4-neighbour of another id; the frame edge is no border)
+// and a label "name 0.93" on a patch of its colour at the top-left corner of its pixels' box.
+// blur and replace keep the things.
 
-export const EFFECTS = ['blur', 'replace', 'classes', 'outlines'];
+export const EFFECTS = ['blur', 'replace', 'classes', 'outlines', 'panoptic'];
 export const OVERLAY_ALPHA = 0.5;
 export const REPLACE_COLOR = [0, 177, 64];
 export const BLUR_PX = 12;
+export const THING_OUTLINE = [255, 255, 255]; // kseg.viz.panoptic's outline colour
+const UNKNOWN_CATEGORY_COLOR = [128, 128, 128]; // kseg.viz.panoptic_colors: a category not in the list
 const MIN_REGION_FRACTION = 0.005; // regions under 0.5 % of the frame get no outline
 
 /** The effects that make sense for a model with `numClasses` classes, default first. */
 export function effectsFor(numClasses, task = 'semantic') {
   if (task === 'instance') return ['outlines', 'classes', 'blur', 'replace'];
+  if (task === 'panoptic') return ['panoptic', 'blur', 'replace'];
   return numClasses === 2 ? ['blur', 'replace', 'classes', 'outlines'] : ['classes', 'outlines', 'blur', 'replace'];
 }
 
@@ -103,6 +113,56 @@ function instanceLayer(ids, model, width, height, alpha) {
   }
   ctx.putImageData(image, 0, 0);
   return canvas;
+}
+
+/** {segment id: [r, g, b]} as kseg.viz.panoptic_colors: things instance colours in ascending id
+ * order, stuff its category's colour (the entry's categories, else its class colour). */
+export function panopticColors(segments, model) {
+  const colors = new Map();
+  const byId = new Map((model.categories ?? []).map(c => [c.id, c.color]));
+  let things = 0;
+  for (const s of [...segments].sort((a, b) => a.id - b.id)) {
+    if (s.isthing) colors.set(s.id, instanceColor(model, ++things));
+    else colors.set(s.id, byId.get(s.category) ?? model.colors?.[s.category] ?? UNKNOWN_CATEGORY_COLOR);
+  }
+  return colors;
+}
+
+/** The label of a panoptic segment: "name 0.93" (kseg.viz.panoptic_overlay's text). */
+export function segmentText(model, segment) {
+  return `${model.labels?.[segment.category] ?? `class ${segment.category}`} ${segment.score.toFixed(2)}`;
+}
+
+/** A model-size canvas: every segment in its colour at `alpha`, things' outlines in white (opaque);
+ * returns it and each thing's pixel box {x1, y1} (model pixels). */
+function panopticLayer(ids, segments, colors, width, height, alpha) {
+  const [canvas, ctx] = scratch(width, height);
+  const image = ctx.createImageData(width, height);
+  const a = Math.round(255 * alpha);
+  const thing = new Uint8Array(segments.length + 1);
+  for (const s of segments) thing[s.id] = s.isthing ? 1 : 0;
+  const corners = new Map();
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const p = y * width + x;
+      const l = ids[p];
+      if (l === 0) continue;
+      if (thing[l]) {
+        const c = corners.get(l);
+        if (!c) corners.set(l, { x1: x, y1: y });
+        else if (x < c.x1) c.x1 = x;
+        const edge = (x > 0 && ids[p - 1] !== l) || (x < width - 1 && ids[p + 1] !== l) ||
+          (y > 0 && ids[p - width] !== l) || (y < height - 1 && ids[p + width] !== l);
+        if (edge) {
+          image.data.set([...THING_OUTLINE, 255], 4 * p);
+          continue;
+        }
+      }
+      image.data.set([...colors.get(l), a], 4 * p);
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+  return [canvas, corners];
 }
 
 /** Outline pixels of the instances: an instance pixel whose 4-neighbour (inside the image) has
@@ -228,7 +288,9 @@ function drawLabel(ctx, text, x, y, color) {
  * `segmentation` is an engine result; `layout` its {width, height}; `model` the index entry.
  * Returns what `outlines` drew (else null): {minArea, regions} for a semantic result;
  * {instances: [{id, cls, score, box, color, text, label: {x, y, width, height}}]} for an
- * instance result (label: the patch in canvas pixels).
+ * instance result (label: the patch in canvas pixels). `panoptic` returns {segments: [{id,
+ * category, isthing, score, color, text, label}]} (text and label null for stuff and for things
+ * with no pixel).
  */
 export function drawEffect(ctx, frame, segmentation, layout, model, effect, options = {}) {
   const { width, height } = ctx.canvas;
@@ -238,7 +300,28 @@ export function drawEffect(ctx, frame, segmentation, layout, model, effect, opti
   ctx.filter = 'none';
   let drawn = null;
   const instances = segmentation.instanceIds ? segmentation.instances : null;
-  if (instances && (effect === 'classes' || effect === 'outlines')) {
+  if (effect === 'panoptic') {
+    if (!segmentation.panopticIds) {
+      ctx.restore();
+      throw new Error(`effect panoptic: ${model.name} is not a panoptic model (Panoptic FPN, MaskFormer)`);
+    }
+    ctx.drawImage(frame, 0, 0, width, height);
+    ctx.imageSmoothingEnabled = false;
+    const { segments, panopticIds } = segmentation;
+    const colors = panopticColors(segments, model);
+    const [layer, corners] = panopticLayer(panopticIds, segments, colors, layout.width, layout.height,
+      model.alpha ?? OVERLAY_ALPHA);
+    ctx.drawImage(layer, 0, 0, width, height);
+    const sx = width / layout.width, sy = height / layout.height;
+    drawn = { segments: [] };
+    for (const s of segments) {
+      const color = colors.get(s.id);
+      const corner = corners.get(s.id);
+      const text = s.isthing ? segmentText(model, s) : null;
+      const label = corner ? drawCornerLabel(ctx, text, corner.x1 * sx, corner.y1 * sy, color) : null;
+      drawn.segments.push({ ...s, color, text, label });
+    }
+  } else if (instances && (effect === 'classes' || effect === 'outlines')) {
     ctx.drawImage(frame, 0, 0, width, height);
     ctx.imageSmoothingEnabled = false;
     const ids = segmentation.instanceIds;

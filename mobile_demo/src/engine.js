@@ -16,6 +16,17 @@
 //   classes      that detection's class (0 where none)
 //   foreground   that detection's mask probability; where none, the largest mask probability of
 //                any kept detection (below the threshold), so blur and replace get soft edges
+//
+// Panoptic models (kseg's Panoptic FPN and MaskFormer, LiteRT.js only) are found by signature
+// name (N segment slots): panoptic [1, H, W] int32 segment ids (0 void, 1..num_segments),
+// segment_category [1, N] int32, segment_is_thing [1, N] bool, segment_score [1, N] float32,
+// num_segments [1] int32 (export.video_detections.PANOPTIC_OUTPUTS; a Panoptic FPN also has the
+// instance outputs: it is read as panoptic). Their result adds, at the input size H x W:
+//   segments     [{id, category, isthing, score}] for ids 1..num_segments, in id order
+//   panopticIds  Int32Array [H*W]: the model's segment id (ids outside 1..num_segments read 0)
+//   classes      the category of the thing segment at the pixel (0 elsewhere)
+//   foreground   1 on thing pixels, 0 elsewhere (blur and replace keep the things)
+// Only these five outputs are copied out of the runtime; the others (masks, logits) are not read.
 
 import { getGlobalLiteRt, isWebGPUSupported, loadAndCompile, loadLiteRt, Tensor } from '@litertjs/core';
 import { FilesetResolver, ImageSegmenter } from '@mediapipe/tasks-vision';
@@ -71,6 +82,30 @@ function shapeOf(detail) {
 }
 
 export const INSTANCE_OUTPUTS = ['boxes', 'scores', 'classes', 'masks', 'num_detections'];
+export const PANOPTIC_OUTPUTS = ['panoptic', 'segment_category', 'segment_is_thing', 'segment_score', 'num_segments'];
+
+/**
+ * The outputs of a panoptic model: {index: {panoptic, segment_category, ...} (output positions),
+ * segments: N, by: "name"}, or null when it lacks one of the five names.
+ */
+export function panopticLayout(outputs, height, width, name) {
+  const index = {};
+  outputs.forEach((o, i) => { if (PANOPTIC_OUTPUTS.includes(o.name)) index[o.name] = i; });
+  if (!PANOPTIC_OUTPUTS.every(k => k in index)) return null;
+  const shapes = outputs.map(shapeOf);
+  const n = shapes[index.segment_category][1];
+  const expected = {
+    panoptic: [1, height, width], segment_category: [1, n], segment_is_thing: [1, n], segment_score: [1, n],
+    num_segments: [1],
+  };
+  for (const [key, want] of Object.entries(expected)) {
+    const seen = shapes[index[key]];
+    if (seen.length !== want.length || seen.some((v, i) => v !== want[i])) {
+      throw new Error(`${name}: panoptic output ${key} has shape [${seen}]; expected [${want}] (kseg's Panoptic FPN or MaskFormer at batch 1)`);
+    }
+  }
+  return { index, segments: n, by: 'name' };
+}
 
 /**
  * The outputs of a Mask R-CNN: {index: {boxes, scores, classes, masks, num_detections} (output
@@ -125,6 +160,13 @@ export function segmenterLayout(inputs, outputs, name) {
     throw new Error(`${name}: input dtype ${inputs[0].dtype}; expected float32 or uint8`);
   }
   const [, height, width, channels] = shape;
+  const panoptic = panopticLayout(outputs, height, width, name);
+  if (panoptic) {
+    return {
+      height, width, channels, dtype: inputs[0].dtype, task: 'panoptic', panoptic,
+      scoreIndex: -1, mapIndex: -1, numClasses: null, read: Object.values(panoptic.index),
+    };
+  }
   const instance = instanceLayout(outputs, height, width, name);
   if (instance) {
     return {
@@ -225,6 +267,34 @@ export function decodeInstances(arrays, layout, { scoreThreshold = 0.5, maskThre
   return { classes, foreground, scores: null, instances, instanceIds };
 }
 
+/** Segments, the segment id map and per-pixel thing class/foreground from a panoptic model's
+ * outputs (typed arrays by output position; see the top of this file). */
+export function decodePanoptic(arrays, layout) {
+  const { index, segments: slots } = layout.panoptic;
+  const count = Math.max(0, Math.min(slots, arrays[index.num_segments][0]));
+  const category = arrays[index.segment_category], thing = arrays[index.segment_is_thing];
+  const score = arrays[index.segment_score];
+  const segments = [];
+  for (let k = 0; k < count; k++) {
+    segments.push({ id: k + 1, category: category[k], isthing: thing[k] !== 0, score: score[k] });
+  }
+  const map = arrays[index.panoptic];
+  const n = layout.height * layout.width;
+  const panopticIds = new Int32Array(n);
+  const classes = new Uint8Array(n);
+  const foreground = new Float32Array(n);
+  for (let p = 0; p < n; p++) {
+    const id = map[p];
+    if (id < 1 || id > count) continue;
+    panopticIds[p] = id;
+    if (segments[id - 1].isthing) {
+      classes[p] = segments[id - 1].category;
+      foreground[p] = 1;
+    }
+  }
+  return { classes, foreground, scores: null, segments, panopticIds };
+}
+
 /** A kseg model compiled by LiteRT.js for `accelerator` ("wasm" or "webgpu"). */
 export class LiteRtSegmenter {
   static async create(entry, bytes, accelerator) {
@@ -272,7 +342,12 @@ export class LiteRtSegmenter {
       input.delete();
     }
     const arrays = [];
-    for (const t of outputs) {
+    for (const [i, t] of outputs.entries()) { // only the outputs the task reads leave the runtime
+      if (layout.read && !layout.read.includes(i)) {
+        arrays.push(null);
+        t.delete();
+        continue;
+      }
       const host = t.accelerator === 'wasm' ? t : await t.moveTo('wasm');
       arrays.push(host.toTypedArray().slice());
       host.delete();
@@ -287,6 +362,7 @@ export class LiteRtSegmenter {
 }
 
 function interpret(arrays, layout, entry) {
+  if (layout.task === 'panoptic') return decodePanoptic(arrays, layout);
   if (layout.task === 'instance') {
     return decodeInstances(arrays, layout, {
       scoreThreshold: entry.score_threshold ?? 0.5, maskThreshold: entry.mask_threshold ?? 0.5,
@@ -364,9 +440,9 @@ export class MediaPipeSegmenter {
 
 /** Loads `entry` (an index.json entry; `bytes` optional) with a runtime: "litert" or "mediapipe". */
 export async function createSegmenter(entry, { runtime = 'litert', accelerator = 'wasm', bytes } = {}) {
-  if (runtime === 'mediapipe' && entry.task === 'instance') {
-    throw new Error(`${entry.file}: an instance model (Mask R-CNN) runs on LiteRT.js only; `
-      + "MediaPipe's Image Segmenter takes semantic models");
+  if (runtime === 'mediapipe' && (entry.task === 'instance' || entry.task === 'panoptic')) {
+    const kind = entry.task === 'instance' ? 'an instance model (Mask R-CNN)' : 'a panoptic model (Panoptic FPN, MaskFormer)';
+    throw new Error(`${entry.file}: ${kind} runs on LiteRT.js only; MediaPipe's Image Segmenter takes semantic models`);
   }
   bytes ??= await fetchModel(entry.url);
   if (runtime === 'mediapipe') return MediaPipeSegmenter.create(entry, bytes);

@@ -3,7 +3,7 @@
 // &effect=replace&source=image. `window.ksegDemo` exposes the state to tests and the console.
 
 import { createSegmenter, liteRtHeapBytes } from './engine.js';
-import { drawEffect, EFFECTS, effectsFor, instanceColor, instanceText } from './effects.js';
+import { drawEffect, EFFECTS, effectsFor, instanceColor, instanceText, panopticColors, segmentText } from './effects.js';
 
 const BASE = import.meta.env.BASE_URL;
 const MAX_SIDE = 1280;
@@ -32,12 +32,13 @@ const state = {
   stageMs: { prepare: [], effect: [] }, // the rest of a frame: camera frame -> input pixels; drawing
   frameTimes: [],
   instances: null, // the last frame's instance count (instance models), else null
+  segments: null, // the last frame's segment count (panoptic models), else null
   captureRequests: [],
   timingLog: null, // while recording (ksegDemo.recordTimings): [time, inference ms, frame ms] per frame
 };
 const TIMING_LOG_MAX = 100000; // frames kept between two takeTimings() calls; later ones are counted, not kept
 
-// An instance model's HUD line ("3 instances"); hidden for semantic models.
+// An instance or panoptic model's HUD line ("3 instances", "5 segments"); hidden for semantic models.
 const hudInstances = document.createElement('div');
 hudInstances.id = 'hud-instances';
 hudInstances.hidden = true;
@@ -89,6 +90,8 @@ function stats() {
     outputNames: s?.outputNames ?? null,
     instanceOutputsBy: s?.layout.instance?.by ?? null, // "name" or "shape"
     instances: state.instances,
+    panopticOutputsBy: s?.layout.panoptic?.by ?? null,
+    segments: state.segments,
     error: state.error,
   };
 }
@@ -99,15 +102,31 @@ function updateHud() {
   $('hud-accel').textContent = s.acceleratorLabel ? `${s.acceleratorLabel} · ${s.source}` : s.source;
   $('hud-ms').textContent = s.inferenceMs == null ? '– ms' : `${s.inferenceMs.toFixed(1)} ms`;
   $('hud-fps').textContent = `${s.fps.toFixed(1)} FPS`;
-  hudInstances.hidden = s.instances == null;
-  hudInstances.textContent = s.instances == null ? '' : `${s.instances} instance${s.instances === 1 ? '' : 's'}`;
+  const [count, noun] = s.segments != null ? [s.segments, 'segment'] : [s.instances, 'instance'];
+  hudInstances.hidden = count == null;
+  hudInstances.textContent = count == null ? '' : `${count} ${noun}${count === 1 ? '' : 's'}`;
 }
 
 function updateLegend(segmentation) {
   const legend = $('legend');
-  if (!state.model || !['classes', 'outlines'].includes(state.effect)) {
+  if (!state.model || !['classes', 'outlines', 'panoptic'].includes(state.effect)) {
     delete legend.dataset.key;
     legend.replaceChildren();
+    return;
+  }
+  if (segmentation.segments) { // one chip per segment in its colour: things "name 0.93", stuff "name"
+    const colors = panopticColors(segmentation.segments, state.model);
+    const texts = segmentation.segments.map(seg => (seg.isthing ? segmentText(state.model, seg)
+      : state.model.labels?.[seg.category] ?? `class ${seg.category}`));
+    const key = segmentation.segments.map((seg, i) => `${seg.id} ${texts[i]}`).join('\n');
+    if (legend.dataset.key === key) return;
+    legend.dataset.key = key;
+    legend.replaceChildren(...segmentation.segments.map((seg, i) => {
+      const chip = document.createElement('span');
+      chip.textContent = texts[i];
+      chip.style.borderColor = `rgb(${colors.get(seg.id).join(',')})`;
+      return chip;
+    }));
     return;
   }
   if (segmentation.instances) { // one chip per instance, "name 0.93", in its colour; redrawn when they change
@@ -192,9 +211,11 @@ async function useModel(entry, bytes) {
     entry.colors = hueColors(Math.max(k, 2));
     entry.labels = entry.labels?.length ? entry.labels : Array.from({ length: k }, (_, i) => `class ${i}`);
     if (entry.task === 'instance') entry.labels = ['background']; // others read "class c"
+    if (entry.task === 'panoptic') entry.labels = ['void'];
   }
   state.model = entry;
   state.instances = null;
+  state.segments = null;
   state.segmenter = segmenter;
   state.inferenceMs = [];
   state.stageMs = { prepare: [], effect: [] };
@@ -339,8 +360,9 @@ async function processFrame() {
   state.frameTimes.push(now);
   while (state.frameTimes.length > 2 && now - state.frameTimes[0] > 2000) state.frameTimes.shift();
   state.instances = segmentation.instances ? segmentation.instances.length : null;
+  state.segments = segmentation.segments ? segmentation.segments.length : null;
   updateHud(); // now, so the HUD never shows another frame's figures than stats()
-  if (state.frames % 10 === 1 || segmentation.instances) updateLegend(segmentation);
+  if (state.frames % 10 === 1 || segmentation.instances || segmentation.segments) updateLegend(segmentation);
   if (state.captureRequests.length) {
     const requests = state.captureRequests.splice(0);
     const capture = {
@@ -417,6 +439,8 @@ window.ksegDemo = {
       scores: c.segmentation.scores ? b64(c.segmentation.scores) : null,
       instances: c.segmentation.instances ?? null,
       instanceIds: c.segmentation.instanceIds ? b64(c.segmentation.instanceIds) : null,
+      segments: c.segmentation.segments ?? null,
+      panopticIds: c.segmentation.panopticIds ? b64(c.segmentation.panopticIds) : null,
       effect: c.effect, regions: c.regions, legend: c.legend,
       stats: c.stats,
     };
@@ -430,6 +454,7 @@ window.ksegDemo = {
       return {
         classes: b64(r.classes), foreground: b64(r.foreground), scores: r.scores ? b64(r.scores) : null,
         instances: r.instances ?? null, instanceIds: r.instanceIds ? b64(r.instanceIds) : null,
+        segments: r.segments ?? null, panopticIds: r.panopticIds ? b64(r.panopticIds) : null,
         fullyAccelerated: segmenter.fullyAccelerated, label: segmenter.label,
       };
     } finally {
