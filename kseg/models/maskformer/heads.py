@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from kseg.layers.group_normalization import GroupNormalization
 from kseg.layers.resize import NearestUpsampling2D
 from kseg.ops.attention import multi_head_attention
 
@@ -51,6 +52,26 @@ def sine_positional_encoding(height, width, channels, temperature=10000.0):
     return np.concatenate([row_code, col_code], axis=1).astype(np.float32)
 
 
+def grid_matmul(grid, matrix):
+    """Every pixel's vector times a per-image matrix, as one BATCH_MATMUL with equal batch dims.
+
+    The pixels are flattened to [B, 1, H * W, C] and the matrix lifted to [B, 1, C, K]. With a
+    [B, H * W, C] left operand instead, the TFLite converter folds the flattening into the matmul
+    ([B, H, W, C] x [B, C, K], batch dims broadcast), and LiteRT's GPU accelerator takes that
+    BATCH_MATMUL but computes it wrong (it does not broadcast batch dims).
+
+    Args:
+        grid: [B, H, W, C] with static H, W.
+        matrix: [B, C, K].
+
+    Returns:
+        [B, H * W, K], pixels in row-major order.
+    """
+    pixels = grid.shape[1] * grid.shape[2]
+    product = ops.matmul(ops.reshape(grid, (-1, 1, pixels, grid.shape[3])), matrix[:, None])
+    return ops.reshape(product, (-1, pixels, matrix.shape[2]))
+
+
 @keras.saving.register_keras_serializable(package="kseg")
 class PixelDecoder(layers.Layer):
     """FPN-style top-down decoder from P5..P2 to per-pixel embeddings at 1/4 scale (section 3.3).
@@ -78,10 +99,10 @@ class PixelDecoder(layers.Layer):
         self.groups = groups
         g = min(groups, channels)
         self.lateral = {f"P{n}": layers.Conv2D(channels, 1, use_bias=False, name=f"lateral_P{n}") for n in (2, 3, 4)}
-        self.lateral_norm = {f"P{n}": layers.GroupNormalization(g, name=f"lateral_gn_P{n}") for n in (2, 3, 4)}
+        self.lateral_norm = {f"P{n}": GroupNormalization(g, name=f"lateral_gn_P{n}") for n in (2, 3, 4)}
         self.output_conv = {f"P{n}": layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"output_P{n}")
                             for n in (2, 3, 4, 5)}
-        self.output_norm = {f"P{n}": layers.GroupNormalization(g, name=f"output_gn_P{n}") for n in (2, 3, 4, 5)}
+        self.output_norm = {f"P{n}": GroupNormalization(g, name=f"output_gn_P{n}") for n in (2, 3, 4, 5)}
         self.upsample = NearestUpsampling2D(2, name="top_down")
         self.mask_features = layers.Conv2D(mask_dim, 3, padding="same", name="mask_features")
 
@@ -125,8 +146,10 @@ class Attention(layers.Layer):
         self.weights_dropout = layers.Dropout(dropout)
 
     def call(self, query, key, value, training=None):
+        # keys first: the first decoder layer's queries are constants of the exported graph
         out = multi_head_attention(self.query_proj(query), self.key_proj(key), self.value_proj(value),
-                                   self.num_heads, lambda w: self.weights_dropout(w, training=training))
+                                   self.num_heads, lambda w: self.weights_dropout(w, training=training),
+                                   keys_first=True)
         return self.output_proj(out)
 
     def get_config(self):
@@ -264,8 +287,7 @@ class PredictionHeads(layers.Layer):
         embedding = queries
         for dense in self.mask_mlp:
             embedding = dense(embedding)
-        pixels = ops.reshape(pixel_embed, (-1, pixel_embed.shape[1] * pixel_embed.shape[2], self.mask_dim))
-        return self.classifier(queries), ops.matmul(pixels, ops.transpose(embedding, (0, 2, 1)))
+        return self.classifier(queries), grid_matmul(pixel_embed, ops.transpose(embedding, (0, 2, 1)))
 
     def get_config(self):
         return {**super().get_config(), "num_outputs": self.num_outputs, "hidden_dim": self.hidden_dim,
@@ -339,7 +361,10 @@ def mask_classification_panoptic(class_probs, mask_probs, *, num_thing_classes, 
     # 4. merge stuff per category: same[b, j, q] = queries j and q are surviving stuff of one category.
     stuff = stuff * survive
     same = stuff[:, :, None] * stuff[:, None, :] * tf.cast(tf.equal(category[:, :, None], category[:, None, :]), f32)
-    earlier = tf.constant(np.triu(np.ones([num_queries, num_queries], np.float32), 1))  # [j, q]: j < q
+    # [1, j, q]: j < q. Constants keep the rank of the tensors they meet: in an fp16 model they
+    # are DEQUANTIZE outputs, and LiteRT's GPU accelerator mishandles a runtime operand broadcast
+    # from a lower rank.
+    earlier = tf.constant(np.triu(np.ones([1, num_queries, num_queries], np.float32), 1))
     first = survive * (1.0 - tf.reduce_max(same * earlier, axis=1))  # [B, N] heads of segments
     head_id = tf.cumsum(first, axis=1) * first
     belongs = tf.maximum(same, tf.eye(num_queries)[None]) * first[:, :, None]  # [B, j, q]: q is in j's segment
@@ -348,7 +373,7 @@ def mask_classification_panoptic(class_probs, mask_probs, *, num_thing_classes, 
     # kernel for a slice that drops an axis)
     label_map = tf.reshape(tf.matmul(visible, segment_id[..., None]), [-1, pixels])
 
-    slot = tf.range(1, num_queries + 1, dtype=f32)
+    slot = tf.reshape(tf.range(1, num_queries + 1, dtype=f32), [1, 1, num_queries])
     member = tf.cast(tf.equal(segment_id[:, :, None], slot), f32) * survive[:, :, None]  # [B, N, slot]
     head = member * first[:, :, None]
     num_segments = tf.reduce_sum(first, axis=1)
@@ -396,7 +421,7 @@ class MaskClassificationInference(layers.Layer):
         class_probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)
         grid = ops.reshape(ops.cast(mask_logits, "float32"), (-1, height // 4, width // 4, num_queries))
         mask_probs = ops.sigmoid(ops.image.resize(grid, (height, width), interpolation="bilinear"))
-        semantic = ops.matmul(ops.reshape(mask_probs, (-1, height * width, num_queries)), class_probs[:, :, :-1])
+        semantic = grid_matmul(mask_probs, class_probs[:, :, :-1])
         panoptic = mask_classification_panoptic(
             class_probs, mask_probs, num_thing_classes=self.num_thing_classes,
             object_threshold=self.object_threshold, overlap_threshold=self.overlap_threshold,
