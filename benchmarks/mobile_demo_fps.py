@@ -7,10 +7,16 @@ numbers are this machine's CPU through WebAssembly; the WebGPU row runs on Swift
 emulating a GPU), so it is a functional check, and its speed means nothing.
 `kseg demo-video` runs the same files with ai-edge-litert on the same frames.
 
+The panoptic rows run the Panoptic FPN and MaskFormer variants that benchmarks/detector_variants.py
+exported (copied in by export.webdemo --panoptic) on a 640 x 480 video of synthetic panoptic
+shapes at the run's image size (benchmarks/detector_demo_fps.camera_frames), drawing the panoptic
+map; their `kseg demo-video` figures are benchmarks/detector_demo_fps.py's.
+
     python3 benchmarks/mobile_demo_fps.py [--run RUN] [--seconds 10]
+    python3 benchmarks/mobile_demo_fps.py --panoptic-only    # only the panoptic rows, kept beside the others
 
 With no --run it exports the `kseg demo` run (kseg-demo/run, trained first when absent).
-Writes benchmarks/results/mobile_demo_fps.json and prints a table.
+Writes benchmarks/results/mobile_demo_fps.json ("rows", "panoptic_rows") and prints a table.
 """
 
 import argparse
@@ -115,12 +121,76 @@ def video_rows(models_dir, entries, video, work, threads):
     return rows
 
 
+PANOPTIC_COLUMNS = ["model", "variant", "runtime", "accelerator", "effect", "segments", "page_fps", "inference_ms",
+                    "prepare_ms", "effect_ms", "size_mb"]
+
+
+def panoptic_detectors():
+    """(export folder, run.json) of the panoptic dv_* runs (benchmarks/detector_demo_fps.default_detectors)."""
+    from benchmarks.detector_demo_fps import default_detectors
+
+    return [(folder, run_json) for folder, run_json in default_detectors()
+            if json.loads(Path(run_json).read_text())["task"] == "panoptic"]
+
+
+def panoptic_rows(url, models, work, shots, seconds, variants):
+    """The page's frame rate on each panoptic variant: one row each (columns PANOPTIC_COLUMNS)."""
+    from benchmarks.detector_demo_fps import camera_frames as detector_frames
+    from export import page
+    from export.video import write_y4m
+    from export.webdemo import write_index
+    from export.webdemo_panoptic import add_panoptic_export
+
+    rows = []
+    for folder, run_json in panoptic_detectors():
+        name = Path(add_panoptic_export(folder, models, labels=str(run_json), variants=variants)).name
+        entries = [e for e in write_index(models)["models"] if e["file"].startswith(f"{name}/")]
+        video = Path(work) / f"{name}.y4m"
+        write_y4m(video, detector_frames(run_json), fps=30)
+        for entry in entries:
+            query = f"?model={entry['name']}&runtime=litert&accelerator=wasm&effect=panoptic&timing=1"
+            steps = [{"wait": "ready", "frames": 3}, {"measure": "m", "seconds": seconds}, {"stats": "s"},
+                     {"screenshot": str(Path(shots) / f"{entry['name']}.png")}]
+            result = page.drive(url + query, steps, work, video=video)
+            m, st = result["m"], result["s"]
+            rows.append({
+                "model": name, "variant": entry["variant"], "runtime": "LiteRT.js", "accelerator": st["acceleratorLabel"],
+                "effect": st["effect"], "segments": st["segments"],
+                "page_fps": round(m["frames"] / m["seconds"], 2), "inference_ms": round(st["inferenceMs"], 2),
+                "prepare_ms": round(st["prepareMs"], 2), "effect_ms": round(st["effectMs"], 2),
+                "size_mb": round(entry["size_bytes"] / 1e6, 2),
+            })
+            print_table(rows[-1:], PANOPTIC_COLUMNS)
+    return rows
+
+
+def measure_panoptic_only(args):
+    """--panoptic-only: the panoptic rows alone, written beside the rows already in the results file."""
+    from benchmarks.common import RESULTS
+    from export import page
+
+    path = RESULTS / "mobile_demo_fps.json"
+    summary = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    with tempfile.TemporaryDirectory(prefix="kseg-demo-fps-") as work:
+        site = page.build_site(Path(work) / "dist")
+        shots = Path(__file__).parent / "results" / "mobile_demo"
+        shots.mkdir(parents=True, exist_ok=True)
+        with page.serve(site) as url:
+            rows = panoptic_rows(url, site / "models", work, shots, args.seconds, args.panoptic_variants)
+    summary.pop("benchmark", None)
+    summary.update({"panoptic_rows": rows, "panoptic_machine": machine(), "seconds_per_config": args.seconds})
+    return rows, write_results("mobile_demo_fps", summary)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="kseg run folder to export (default: kseg-demo/run)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per page configuration")
     parser.add_argument("--frames", type=int, default=60, help="frames for kseg demo-video")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--panoptic-only", action="store_true",
+                        help="measure only the panoptic rows (keeping the other rows of the results file)")
+    parser.add_argument("--panoptic-variants", nargs="+", default=["fp32", "fp16", "dynamic", "int8"])
     args = parser.parse_args()
 
     from export import webdemo
@@ -130,6 +200,11 @@ def main():
     missing = page.missing_tools()
     if missing:
         sys.exit(f"this benchmark needs {missing}")
+    if args.panoptic_only:
+        rows, path = measure_panoptic_only(args)
+        print_table(rows, PANOPTIC_COLUMNS)
+        print(f"wrote {path}")
+        return
     with tempfile.TemporaryDirectory(prefix="kseg-demo-fps-") as work:
         work = Path(work)
         site = page.build_site(work / "dist")
@@ -149,12 +224,14 @@ def main():
             rows = page_rows(url, entries, work, shots, video, args.seconds)
             int8 = next(e for e in entries if e["variant"] == "int8")
             effect_screenshots(url, int8, work, shots, video)
+            panoptic = panoptic_rows(url, models, work, shots, args.seconds, args.panoptic_variants)
         rows += video_rows(models, entries, long_video, work, args.threads)
     summary = {"machine": machine(), "video_size": list(VIDEO_SIZE), "model_input": entries[0]["input"]["shape"],
-               "seconds_per_config": args.seconds, "rows": rows}
+               "seconds_per_config": args.seconds, "rows": rows, "panoptic_rows": panoptic}
     path = write_results("mobile_demo_fps", summary)
     print_table(rows, ["path", "variant", "runtime", "accelerator", "fully_accelerated", "effect", "page_fps",
                        "inference_ms", "prepare_ms", "effect_ms", "size_mb", "note"])
+    print_table(panoptic, PANOPTIC_COLUMNS)
     print(f"wrote {path}; screenshots in {shots}")
 
 
