@@ -36,18 +36,19 @@ The graph has static D, H, W, S (any batch size, also unknown) and uses TFLite b
 only. The painting order is a comparison-count rank (no sort op). Step 2 is sequential (whether
 an instance is kept depends on the union of the kept masks before it, which pairwise overlaps
 do not give when three masks meet), but its decisions only need, per pixel, which masks hold it.
-So the slots are taken in painting order in blocks of BLOCK = b (one GATHER of b masks each);
-per block every pixel gets a code, bit t set where the block's t-th mask holds it, plus 2**b
-where an earlier block's thing took it, and one UNSORTED_SEGMENT_SUM counts the pixels of each
-of the 2 * 2**b codes. The b decisions of the block are then made on those counts alone: a
-mask's area is the count over the codes with its bit, its visible part the count over the free
-codes with its bit and no bit of a mask kept before it in the block. A table of 2**b segment
-ids (the first kept mask of each code) paints the block with one GATHER. Per slot this leaves
-about five element-wise ops at full resolution (the threshold, the code), and two full-image
-passes per block, instead of a full-image painting step per slot:
+The masks are thresholded once, into a bool stack (`mask >= mask_threshold`, exact: a pixel is
+in a mask iff that holds; 1 byte a pixel, the only copy of the stack). The slots are then taken in
+painting order in blocks of BLOCK = b (one GATHER of b bool masks each); per block every pixel
+gets a code, bit t set where the block's t-th mask holds it, plus 2**b where an earlier block's
+thing took it, and one UNSORTED_SEGMENT_SUM counts the pixels of each of the 2 * 2**b codes. The
+b decisions of the block are then made on those counts alone: a mask's area is the count over
+the codes with its bit, its visible part the count over the free codes with its bit and no bit
+of a mask kept before it in the block. A table of 2**b segment ids (the first kept mask of each
+code) paints the block with one GATHER. Per block this leaves two passes over its b masks (a
+SELECT of the bit weights and their sum) and a few full-image passes, instead of a full-image
+painting step per slot:
 
-    outside = ceil(clip(mask_threshold - mask, 0, 1))   1 off the mask, 0 exactly on it
-    code    = 2**b - 1 - sum_t 2**t outside_t + 2**b [pixel taken]
+    code = sum_t 2**t [mask_t >= mask_threshold] + 2**b [pixel taken]
 
 LiteRT's GPU accelerator takes neither UNSORTED_SEGMENT_SUM nor these GATHERs: on that path
 step 2 runs on the CPU. Step 3 works on the S channel planes: the argmax with ties to the lowest channel is
@@ -145,7 +146,7 @@ def _paint_things(masks, order, cut, *, mask_threshold, overlap_threshold, max_s
     if not num_slots:
         return None, cut, cut, cut, tf.reduce_sum(cut, axis=1, keepdims=True)  # cut is [B, 0]: zeros
     batch = masks.shape[0] if masks.shape[0] is not None else tf.shape(masks)[0]
-    threshold = tf.constant(mask_threshold, f32)
+    inside = masks >= tf.constant(mask_threshold, f32)  # [B, D, H, W] bool: one pass, 1 byte a pixel
     overlap = tf.constant(overlap_threshold, f32)
     label = count = None  # before the first block: nothing claimed, no thing
     kept, segment, visible = [], [], []
@@ -154,10 +155,9 @@ def _paint_things(masks, order, cut, *, mask_threshold, overlap_threshold, max_s
         bins = 2 ** bits
         # Per pixel: which of the block's masks hold it (bit t: the (start + t)-th painted) and
         # whether an earlier block's thing took it (+ bins), and the image's table (+ 2 bins b).
-        members = tf.gather(masks, order[:, start:start + bits], axis=1, batch_dims=1)  # [B, b, H, W]
-        outside = tf.math.ceil(tf.clip_by_value(threshold - members, 0.0, 1.0))  # 1 off the mask, 0 on it
+        members = tf.gather(inside, order[:, start:start + bits], axis=1, batch_dims=1)  # [B, b, H, W] bool
         powers = tf.constant(2.0 ** np.arange(bits, dtype=np.float32).reshape(1, bits, 1, 1))
-        code = (bins - 1.0) - tf.reduce_sum(outside * powers, axis=1)  # [B, H, W]
+        code = tf.reduce_sum(tf.where(members, powers, tf.zeros_like(powers)), axis=1)  # [B, H, W]
         if label is not None:
             code = code + bins * tf.minimum(label, 1.0)
         offset = 2 * bins * tf.reshape(tf.range(batch), [-1, 1, 1])
