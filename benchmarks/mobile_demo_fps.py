@@ -178,7 +178,7 @@ def measure_panoptic_only(args):
         with page.serve(site) as url:
             rows = panoptic_rows(url, site / "models", work, shots, args.seconds, args.panoptic_variants)
     summary.pop("benchmark", None)
-    summary.update({"panoptic_rows": rows, "panoptic_machine": machine(), "seconds_per_config": args.seconds})
+    summary.update({"panoptic_rows": rows, "panoptic_machine": machine(), "panoptic_seconds_per_config": args.seconds})
     return rows, write_results("mobile_demo_fps", summary)
 
 
