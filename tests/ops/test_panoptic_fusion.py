@@ -258,6 +258,23 @@ def test_third_instance_depends_on_whether_the_second_was_kept(block):
     assert out["num_segments"] == 2 and out["category"][:2].tolist() == [1, 3] and out["area"][1] == 8
 
 
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_pixels_exactly_at_and_just_below_the_mask_threshold(threshold):
+    # the bool stack is `mask >= mask_threshold`: a value one float below the threshold is off
+    # the mask, the threshold itself and one float above are on it
+    t = np.float32(threshold)
+    below, above = np.nextafter(t, np.float32(0)), np.nextafter(t, np.float32(1))
+    masks = np.zeros([2, H, W], np.float32)
+    masks[0, :2] = t
+    masks[0, 2:4] = below
+    masks[1, 3:5] = above
+    masks[1, 5:6] = below
+    out = fuse_both(masks, np.float32([0.9, 0.8]), np.int32([1, 2]), 2, ALL_VOID, stuff_categories=[5, 6],
+                    mask_threshold=threshold)
+    assert out["area"][:2].tolist() == [16, 16] and (out["panoptic"][:2] == 1).all()
+    assert not out["panoptic"][2].any() and (out["panoptic"][3:5] == 2).all() and not out["panoptic"][5:].any()
+
+
 # --- the layer ------------------------------------------------------------------------------
 
 
@@ -320,22 +337,25 @@ def test_layer_in_model_saves_and_reloads(tmp_path):
 
 
 def _large_tensors(content, elements):
-    """Names of the tensors in the main graph that hold more than `elements` elements."""
+    """(name, dtype) of the tensors in the main graph that hold more than `elements` elements."""
     from export import runtime
 
     graph = runtime.parse_model(content).subgraphs[0]
-    return [t.name.decode() if isinstance(t.name, bytes) else t.name for t in graph.tensors
-            if t.shape is not None and len(t.shape) and int(np.prod(t.shape)) > elements]
+    return [(t.name.decode() if isinstance(t.name, bytes) else t.name, runtime.dtype_name(t.type))
+            for t in graph.tensors if t.shape is not None and len(t.shape) and int(np.prod(t.shape)) > elements]
 
 
-def test_litert_graph_makes_no_copy_of_the_mask_stack():
-    # The graph reads the [1, D, H, W] masks BLOCK slots at a time (GATHER): no binarized,
-    # reordered, sliced or unstacked copy of the whole stack. The first graph made five, which
-    # cost most of its LiteRT time (benchmarks/panoptic_fusion_time.py).
+def test_litert_graph_makes_one_bool_copy_of_the_mask_stack():
+    # The graph thresholds the [1, D, H, W] masks once into a bool stack (1 byte a pixel) and
+    # reads that BLOCK slots at a time (GATHER): no float copy of the whole stack, binarized,
+    # reordered, sliced or unstacked. The first graph made five float copies, which cost most
+    # of its LiteRT time (benchmarks/panoptic_fusion_time.py).
     block, size, s = fusion_module.BLOCK, 32, 4
     d = 2 * block + 3
     content = _convert(_fusion_model(d, size, s, stuff_categories=[11, 12, 13], min_stuff_area=20))
-    assert len(_large_tensors(content, block * size * size)) == 1, _large_tensors(content, block * size * size)
+    large = _large_tensors(content, block * size * size)
+    assert sorted(dtype for _, dtype in large) == ["bool", "float32"], large
+    assert any("masks" in name for name, dtype in large if dtype == "float32"), large
 
 
 @pytest.mark.slow
