@@ -307,7 +307,10 @@ export class LiteRtSegmenter {
     try {
       model = await loadAndCompile(bytes, { accelerator });
     } catch (err) {
-      throw new Error(`${entry.file}: LiteRT.js could not load it (${err.message || err})`);
+      const text = String(err.message || err);
+      const hint = /BOOL/.test(text) ? '; a kseg panoptic export has a bool output (segment_is_thing): add it with '
+        + 'python3 -m export.webdemo --panoptic, which gives it as int32' : '';
+      throw new Error(`${entry.file}: LiteRT.js could not load it (${text})${hint}`);
     }
     const layout = segmenterLayout(model.getInputDetails(), model.getOutputDetails(), entry.file);
     return new LiteRtSegmenter(entry, model, layout, accelerator, threads);
