@@ -331,8 +331,7 @@ def export_instance_model(model, models_dir, name, labels=None, title=None, scor
     Returns:
         the folder written.
     """
-    from export.tflite import VARIANTS, detector_tflite
-    from kseg.utils import atomic_path, write_json
+    from kseg.utils import write_json
 
     labels = [f"class {k}" for k in range(1, model.num_classes + 1)] if labels is None else [str(n) for n in labels]
     if len(labels) != model.num_classes:
@@ -341,24 +340,51 @@ def export_instance_model(model, models_dir, name, labels=None, title=None, scor
     if not 0 <= score_threshold <= 1 or not 0 < mask_threshold < 1:
         raise ValueError(f"score_threshold {score_threshold}, mask_threshold {mask_threshold}: expected "
                          "0 <= score_threshold <= 1 and 0 < mask_threshold < 1")
+    out = Path(models_dir) / name
+
+    def finish(content, path):
+        signature_outputs(content, path)  # the five named outputs, or a ValueError first
+        return content
+
+    files = write_detector_variants(model, out, name, variants, calibration, finish)
+    write_json(out / SIDECAR, {"title": title or name, "task": "instance", "files": files, "labels": labels,
+                               "score_threshold": float(score_threshold), "mask_threshold": float(mask_threshold)})
+    return out
+
+
+def write_detector_variants(model, out, name, variants, calibration, finish):
+    """Converts a detector into each variant and writes `<name>_<variant>.tflite` into `out`.
+
+    Args:
+        model: the Keras detector. out: the folder (made if absent). name: the file stem.
+        variants: any of export.tflite.VARIANTS; int8 reuses the fp32 bytes when "fp32" comes first.
+        calibration: for "int8": float32 images [N, H, W, 3] at the model's size (real ones).
+        finish: (content, path) -> content: checks a variant's bytes (and may rewrite them)
+            before they are written, raising ValueError on a graph the page cannot run.
+
+    Returns:
+        {variant: file name}, each file written atomically.
+    """
+    from export.tflite import VARIANTS, detector_tflite
+    from kseg.utils import atomic_path
+
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"variants {list(variants)}: expected one or more of {', '.join(VARIANTS)}")
     if "int8" in variants and (calibration is None or len(calibration) == 0):
         raise ValueError("calibration: the int8 variant needs real images [N, H, W, 3] to calibrate on; got none")
     representative = None if calibration is None else [np.asarray(c, np.float32)[None] for c in calibration]
-    out = Path(models_dir) / name
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {}
+    files, fp32 = {}, None
     for variant in variants:
-        content = detector_tflite(model, variant, representative=representative)
+        content = detector_tflite(model, variant, representative=representative, float_model=fp32)
+        fp32 = content if variant == "fp32" else fp32
         files[variant] = f"{name}_{variant}.tflite"
-        signature_outputs(content, out / files[variant])  # the five named outputs, or a ValueError first
+        content = finish(content, out / files[variant])
         with atomic_path(out / files[variant]) as tmp:
             Path(tmp).write_bytes(content)
-    write_json(out / SIDECAR, {"title": title or name, "task": "instance", "files": files, "labels": labels,
-                               "score_threshold": float(score_threshold), "mask_threshold": float(mask_threshold)})
-    return out
+    return files
 
 
 def add_instance_model(path, models_dir, name=None, labels=None, variants=("fp32",)):

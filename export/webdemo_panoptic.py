@@ -189,27 +189,17 @@ def export_panoptic_model(model, models_dir, name, categories, title=None, varia
     Returns:
         the folder written.
     """
-    from export.tflite import VARIANTS, detector_tflite
-    from kseg.utils import atomic_path
+    from export.webdemo import write_detector_variants
 
     categories = check_categories(categories, "categories")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise ValueError(f"variants {list(variants)}: expected one or more of {', '.join(VARIANTS)}")
-    if "int8" in variants and (calibration is None or len(calibration) == 0):
-        raise ValueError("calibration: the int8 variant needs real images [N, H, W, 3] to calibrate on; got none")
-    representative = None if calibration is None else [np.asarray(c, np.float32)[None] for c in calibration]
+
+    def finish(content, path):
+        content = int32_outputs(content, path)
+        panoptic_outputs(content, path)  # the five named outputs, or a ValueError first
+        return content
+
     out = Path(models_dir) / name
-    out.mkdir(parents=True, exist_ok=True)
-    files, fp32 = {}, None
-    for variant in variants:
-        content = detector_tflite(model, variant, representative=representative, float_model=fp32)
-        fp32 = content if variant == "fp32" else fp32
-        files[variant] = f"{name}_{variant}.tflite"
-        content = int32_outputs(content, out / files[variant])
-        panoptic_outputs(content, out / files[variant])  # the five named outputs, or a ValueError first
-        with atomic_path(out / files[variant]) as tmp:
-            Path(tmp).write_bytes(content)
+    files = write_detector_variants(model, out, name, variants, calibration, finish)
     write_panoptic_sidecar(out, title or name, files, categories)
     return out
 
