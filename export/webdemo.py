@@ -51,10 +51,10 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 # one contract for both demos: the page and demo-video read a Mask R-CNN file the same way
-from export.video_detections import ALPHA, INSTANCE_OUTPUTS, MASK_THRESHOLD, PANOPTIC_OUTPUTS, SCORE_THRESHOLD
+from export.video_detections import INSTANCE_OUTPUTS, MASK_THRESHOLD, SCORE_THRESHOLD
+from export.webdemo_detectors import (entry_fields, float_tensors, read_variant, signature_details,
+                                      write_detector_variants)
 
 INDEX = "index.json"
 SIDECAR = "webdemo.json"
@@ -140,27 +140,16 @@ def _read_sidecar(export_dir):
 
 def instance_entry(export_dir, models_dir, extra, variant="fp32", file=None):
     """The index entry of one variant of an instance model folder (written by `export_instance_model`)."""
-    from export import runtime
     from kseg.viz import instance_colors, palette
 
-    path = export_dir / str(file or "")
-    if not file or not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {export_dir / SIDECAR} names it as the instance model's "
-                                f"{variant} file.")
-    content = path.read_bytes()
-    info = runtime.describe(content)
+    path, content, info = read_variant(export_dir, SIDECAR, "instance", variant, file)
     outputs = signature_outputs(content, path)
     if not isinstance(extra.get("labels"), list):
         raise ValueError(f"{export_dir / SIDECAR}: labels {extra.get('labels')!r}; expected the K class names")
     labels = ["background"] + [str(n) for n in extra["labels"]]
     detections = outputs["scores"]["shape"][1]
     return {
-        "name": path.stem,
-        "task": "instance",
-        "title": extra.get("title", path.stem),
-        "variant": variant,
-        "file": path.relative_to(models_dir).as_posix(),
-        "size_bytes": info["size_bytes"],
+        **entry_fields(path, info, models_dir, extra, "instance", variant),
         "labels": labels,
         "colors": [[int(v) for v in c] for c in palette(len(labels))],
         "instance_colors": [[int(v) for v in c] for c in instance_colors(detections)],
@@ -178,20 +167,10 @@ def instance_entry(export_dir, models_dir, extra, variant="fp32", file=None):
 
 def signature_outputs(content, name):
     """{output name: tensor} of a Mask R-CNN .tflite's signature; ValueError unless it has the five."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=content)
-    signatures = interpreter.get_signature_list()
-    if len(signatures) != 1:
-        raise ValueError(f"{name}: {len(signatures)} signatures; expected one (a Mask R-CNN exported at batch 1)")
-    details = interpreter.get_signature_runner().get_output_details()
+    details = signature_details(content, name, "a Mask R-CNN")
     if sorted(details) != sorted(INSTANCE_OUTPUTS):
         raise ValueError(f"{name}: outputs {sorted(details)}; expected {sorted(INSTANCE_OUTPUTS)} (kseg's MaskRCNN)")
-    return {
-        key: {"shape": [int(d) for d in details[key]["shape"]], "dtype": np.dtype(details[key]["dtype"]).name,
-              "quantization": None}
-        for key in INSTANCE_OUTPUTS
-    }
+    return float_tensors(details, INSTANCE_OUTPUTS)
 
 
 def _tensor(detail):
@@ -350,41 +329,6 @@ def export_instance_model(model, models_dir, name, labels=None, title=None, scor
     write_json(out / SIDECAR, {"title": title or name, "task": "instance", "files": files, "labels": labels,
                                "score_threshold": float(score_threshold), "mask_threshold": float(mask_threshold)})
     return out
-
-
-def write_detector_variants(model, out, name, variants, calibration, finish):
-    """Converts a detector into each variant and writes `<name>_<variant>.tflite` into `out`.
-
-    Args:
-        model: the Keras detector. out: the folder (made if absent). name: the file stem.
-        variants: any of export.tflite.VARIANTS; int8 reuses the fp32 bytes when "fp32" comes first.
-        calibration: for "int8": float32 images [N, H, W, 3] at the model's size (real ones).
-        finish: (content, path) -> content: checks a variant's bytes (and may rewrite them)
-            before they are written, raising ValueError on a graph the page cannot run.
-
-    Returns:
-        {variant: file name}, each file written atomically.
-    """
-    from export.tflite import VARIANTS, detector_tflite
-    from kseg.utils import atomic_path
-
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise ValueError(f"variants {list(variants)}: expected one or more of {', '.join(VARIANTS)}")
-    if "int8" in variants and (calibration is None or len(calibration) == 0):
-        raise ValueError("calibration: the int8 variant needs real images [N, H, W, 3] to calibrate on; got none")
-    representative = None if calibration is None else [np.asarray(c, np.float32)[None] for c in calibration]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files, fp32 = {}, None
-    for variant in variants:
-        content = detector_tflite(model, variant, representative=representative, float_model=fp32)
-        fp32 = content if variant == "fp32" else fp32
-        files[variant] = f"{name}_{variant}.tflite"
-        content = finish(content, out / files[variant])
-        with atomic_path(out / files[variant]) as tmp:
-            Path(tmp).write_bytes(content)
-    return files
 
 
 def add_instance_model(path, models_dir, name=None, labels=None, variants=("fp32",)):

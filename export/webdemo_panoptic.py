@@ -18,6 +18,8 @@ import numpy as np
 
 from export.video_detections import ALPHA, PANOPTIC_OUTPUTS
 from export.webdemo import SIDECAR, _tensor
+from export.webdemo_detectors import (entry_fields, float_tensors, read_variant, signature_details,
+                                      write_detector_variants)
 
 VOID = "void"  # labels[0] of a panoptic entry: the panoptic map's id 0
 
@@ -32,19 +34,12 @@ def panoptic_outputs(content, name):
     Raises:
         ValueError: not one signature, or one of PANOPTIC_OUTPUTS missing.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=content)
-    signatures = interpreter.get_signature_list()
-    if len(signatures) != 1:
-        raise ValueError(f"{name}: {len(signatures)} signatures; expected one (a panoptic model exported at batch 1)")
-    details = interpreter.get_signature_runner().get_output_details()
+    details = signature_details(content, name, "a panoptic model")
     missing = [k for k in PANOPTIC_OUTPUTS if k not in details]
     if missing:
         raise ValueError(f"{name}: outputs {sorted(details)} lack {missing}; expected {list(PANOPTIC_OUTPUTS)} "
                          "(kseg's PanopticFPN or MaskFormer)")
-    return {key: {"shape": [int(d) for d in details[key]["shape"]], "dtype": np.dtype(details[key]["dtype"]).name,
-                  "quantization": None} for key in PANOPTIC_OUTPUTS}
+    return float_tensors(details, PANOPTIC_OUTPUTS)
 
 
 def int32_outputs(content, name):
@@ -124,16 +119,10 @@ def check_categories(categories, where):
 
 def panoptic_entry(export_dir, models_dir, extra, variant, file):
     """The index entry of one variant of a panoptic model folder (module docstring)."""
-    from export import runtime
     from kseg.viz import instance_colors, palette
 
     export_dir = Path(export_dir)
-    path = export_dir / str(file or "")
-    if not file or not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {export_dir / SIDECAR} names it as the panoptic model's "
-                                f"{variant} file.")
-    content = path.read_bytes()
-    info = runtime.describe(content)
+    path, content, info = read_variant(export_dir, SIDECAR, "panoptic", variant, file)
     outputs = panoptic_outputs(content, path)
     categories = check_categories(extra.get("categories"), f"{export_dir / SIDECAR} categories")
     colors = palette(len(categories))  # panoptic_colors: stuff by its position among the categories
@@ -143,12 +132,7 @@ def panoptic_entry(export_dir, models_dir, extra, variant, file):
         labels[category["id"]] = category["name"]
         by_id[category["id"]] = [int(v) for v in color]
     return {
-        "name": path.stem,
-        "task": "panoptic",
-        "title": extra.get("title", path.stem),
-        "variant": variant,
-        "file": path.relative_to(models_dir).as_posix(),
-        "size_bytes": info["size_bytes"],
+        **entry_fields(path, info, models_dir, extra, "panoptic", variant),
         "labels": labels,
         "colors": by_id,
         "categories": [{**c, "color": by_id[c["id"]]} for c in categories],
@@ -189,8 +173,6 @@ def export_panoptic_model(model, models_dir, name, categories, title=None, varia
     Returns:
         the folder written.
     """
-    from export.webdemo import write_detector_variants
-
     categories = check_categories(categories, "categories")
 
     def finish(content, path):
