@@ -17,14 +17,23 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_small_maskformer_fp32_runs_fully_on_the_gpu_with_the_cpus_outputs(tmp_path):
+@pytest.fixture(scope="module")
+def small_maskformer():
     keras.utils.set_random_seed(0)
     # Thresholds at 0 keep every query whose top class is an object: the panoptic outputs are
     # not empty even with untrained weights.
-    model = build_model("maskformer", num_classes=3, num_stuff_classes=3, input_shape=(64, 64, 3),
-                        object_threshold=0.0, overlap_threshold=0.0, **SMALL_CONFIG)
-    path = tmp_path / "maskformer.tflite"
-    path.write_bytes(detector_tflite(model, "fp32"))
+    return build_model("maskformer", num_classes=3, num_stuff_classes=3, input_shape=(64, 64, 3),
+                       object_threshold=0.0, overlap_threshold=0.0, **SMALL_CONFIG)
+
+
+# fp16: the weights are stored as float16 and both paths compute from the same rounded values
+# (the CPU dequantizes them, SwiftShader computes in float32), so the float tolerance is fp32's.
+# The integer outputs (panoptic map, segment table) must be equal: in an fp16 model the panoptic
+# step's constants are float16 too, and an op that reads them wrongly empties the map.
+@pytest.mark.parametrize("variant", ["fp32", "fp16"])
+def test_small_maskformer_runs_fully_on_the_gpu_with_the_cpus_outputs(small_maskformer, variant, tmp_path):
+    path = tmp_path / f"maskformer_{variant}.tflite"
+    path.write_bytes(detector_tflite(small_maskformer, variant))
     image = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
 
     with runtime.Runner(str(path), accelerator="cpu") as runner:

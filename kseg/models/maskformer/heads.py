@@ -347,8 +347,11 @@ def mask_classification_panoptic(class_probs, mask_probs, *, num_thing_classes, 
     # 2. mask-wise argmax over the kept queries.
     weighted = kept[:, None, :] * score[:, None, :] * probs - (1.0 - kept[:, None, :])  # dropped: -1
     owner = tf.argmax(weighted, axis=-1, output_type=tf.int32)  # [B, P]
-    query = tf.range(num_queries)
-    assigned = tf.cast(tf.equal(owner[..., None], query), f32) * kept[:, None, :]  # [B, P, N]
+    # Indices compared as floats (exact below 2^24): the int form, equal(owner, range), converts to
+    # a fused ONE_HOT whose on / off values an fp16 model stores as float16 constants, and LiteRT's
+    # GPU accelerator reads those as float32 bits (its "1.0" is 2.2e-41), so every pixel was void.
+    query = tf.constant(np.arange(num_queries, dtype=np.float32).reshape([1, 1, num_queries]))
+    assigned = tf.cast(tf.equal(tf.cast(owner, f32)[..., None], query), f32) * kept[:, None, :]  # [B, P, N]
     binary = tf.cast(probs >= mask_threshold, f32)
     visible = assigned * binary
 
