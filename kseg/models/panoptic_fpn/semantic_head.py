@@ -7,10 +7,15 @@ Each level goes through conv 3x3 + GroupNorm + ReLU stages, each followed by a b
 upsampling, until it reaches 1/4 scale (P2: one stage, no upsampling; P5: three stages). The
 four maps are summed, a 1x1 conv gives C logits at 1/4 scale, and a x4 bilinear upsampling
 brings them to the image.
+
+GroupNorm is kseg's rank-4 layer (kseg.layers.group_normalization), which LiteRT's GPU
+accelerator takes; it holds the same weights as Keras' layer, so older files load.
 """
 
 import keras
 from keras import layers
+
+from kseg.layers.group_normalization import GroupNormalization
 
 
 @keras.saving.register_keras_serializable(package="kseg")
@@ -41,7 +46,7 @@ class SemanticHead(layers.Layer):
             count = max(1, n - min_level)
             self.convs[f"P{n}"] = [layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"P{n}_conv{i}")
                                    for i in range(count)]
-            self.norms[f"P{n}"] = [layers.GroupNormalization(min(groups, channels), name=f"P{n}_gn{i}")
+            self.norms[f"P{n}"] = [GroupNormalization(min(groups, channels), name=f"P{n}_gn{i}")
                                    for i in range(count)]
         self.up2 = layers.UpSampling2D(2, interpolation="bilinear", name="up2")
         self.classifier = layers.Conv2D(num_classes, 1, name="classifier")
