@@ -8,6 +8,11 @@
 Each image runs TensorFlow's NonMaxSuppressionV4 with `pad_to_max_output_size`: greedy NMS in
 descending score order, which converts to TFLite's builtin NON_MAX_SUPPRESSION_V4 (one op; the
 Python `non_max_suppression_padded` becomes a WHILE loop of small ops instead).
+
+In a graph exported with a static batch of one, the tensors around the NMS op are reshaped,
+never indexed (`x[0]`, `x[None]`), and rows are picked by `batch_gather`'s rank-1 GATHER: LiteRT's
+GPU accelerator takes RESHAPE and that GATHER, not the STRIDED_SLICE or batched GATHER the other
+spellings convert to, so only the NMS op itself has to run on the CPU.
 """
 
 import tensorflow as tf
@@ -25,9 +30,11 @@ def padded_nms(boxes, scores, max_output, iou_threshold, score_threshold=float("
     """Greedy NMS per image, padded to `max_output`: (indices [B, K], valid [B])."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
     scores = tf.convert_to_tensor(scores, tf.float32)
-    if boxes.shape[0] == 1:  # a static batch of one (the exported graph): no loop
-        indices, valid = _nms_one(boxes[0], scores[0], max_output, iou_threshold, score_threshold)
-        return indices[None], valid[None]
+    if boxes.shape[0] == 1 and boxes.shape[1] is not None:  # a static batch of one (the exported graph): no loop
+        count = boxes.shape[1]
+        indices, valid = _nms_one(tf.reshape(boxes, [count, 4]), tf.reshape(scores, [count]), max_output,
+                                  iou_threshold, score_threshold)
+        return tf.reshape(indices, [1, max_output]), tf.reshape(valid, [1])
     return tf.map_fn(
         lambda args: _nms_one(args[0], args[1], max_output, iou_threshold, score_threshold),
         (boxes, scores), fn_output_signature=(tf.TensorSpec((max_output,), tf.int32), tf.TensorSpec((), tf.int32)),
@@ -36,7 +43,33 @@ def padded_nms(boxes, scores, max_output, iou_threshold, score_threshold=float("
 
 def valid_mask(valid, size):
     """[B] counts -> [B, size] bool, True for the first `valid` entries."""
-    return tf.range(size)[None, :] < tf.cast(valid, tf.int32)[:, None]
+    return tf.reshape(tf.range(size), [1, size]) < tf.reshape(tf.cast(valid, tf.int32), [-1, 1])
+
+
+def batch_gather(params, indices):
+    """Rows of each image: `tf.gather(params, indices, batch_dims=1)`, as one GATHER with
+    rank-1 indices into the flattened rows (the form LiteRT's GPU accelerator takes).
+
+    Args:
+        params: [B, N, ...] with static N and trailing dimensions.
+        indices: int [B, K] into N.
+
+    Returns:
+        [B, K, ...]: params[b, indices[b, k]].
+    """
+    params = tf.convert_to_tensor(params)
+    indices = tf.cast(indices, tf.int32)
+    count, picks, tail = params.shape[1], indices.shape[1], params.shape[2:]
+    if count is None or picks is None or not tail.is_fully_defined():
+        return tf.gather(params, indices, batch_dims=1)
+    tail = tail.as_list()
+    flat = tf.reshape(params, [-1, *tail])  # [B * N, ...]
+    if params.shape[0] == 1:
+        index = tf.reshape(indices, [picks])
+    else:
+        index = tf.reshape(indices + tf.expand_dims(tf.range(tf.shape(params)[0]) * count, -1), [-1])
+    batch = params.shape[0] if params.shape[0] is not None else -1
+    return tf.reshape(tf.gather(flat, index), [batch, picks, *tail])
 
 
 def batched_class_nms(boxes, scores, classes, max_output, iou_threshold, score_threshold, coordinate_limit):
@@ -50,7 +83,7 @@ def batched_class_nms(boxes, scores, classes, max_output, iou_threshold, score_t
     Returns:
         (indices [B, max_output], valid [B]) as `padded_nms`.
     """
-    shift = tf.cast(classes, tf.float32)[..., None] * float(coordinate_limit)
+    shift = tf.expand_dims(tf.cast(classes, tf.float32), -1) * float(coordinate_limit)
     return padded_nms(boxes + shift, scores, max_output, iou_threshold, score_threshold)
 
 

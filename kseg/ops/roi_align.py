@@ -242,8 +242,10 @@ def _check_features(features, level_sizes, min_level):
 
 
 def _level_table(values, level_index, dtype):
-    """Looks up one per-level constant for every box: [B, N]."""
-    return tf.gather(tf.constant(values, dtype), level_index)
+    """Looks up one per-level constant for every box: [B, N]. The lookup reads rank-1 indices
+    (LiteRT's GPU accelerator takes a GATHER only with those)."""
+    found = tf.gather(tf.constant(values, dtype), tf.reshape(level_index, [-1]))
+    return tf.reshape(found, tf.shape(level_index))
 
 
 def _box_axes(boxes, stride, aligned):
@@ -354,11 +356,15 @@ def _roi_align_gather(
     # One gather per (row neighbour, column neighbour): 4 R^2 gathers of [B * N * S * S, C]
     # rows each, summed with their weights. Smaller peak memory than one gather of all.
     pooled = None
+    # Integer tensors get new axes from expand_dims, not [..., None]: the STRIDED_SLICE that
+    # indexing writes is not taken by LiteRT's GPU accelerator for int32 (RESHAPE is).
+    base = tf.expand_dims(tf.expand_dims(base, -1), -1)  # [B, N, 1, 1]
+    row_length = tf.expand_dims(row_length, -1)  # [B, N, 1]
     for row_index, row_weight in row_neighbours:
-        row_offset = base[..., None, None] + (row_index * row_length[..., None])[..., :, None]
+        row_offset = base + tf.expand_dims(row_index * row_length, -1)  # [B, N, S, 1]
         row_weight = row_weight * scale[..., None]
         for col_index, col_weight in col_neighbours:
-            index = tf.reshape(row_offset + col_index[..., None, :], [-1])
+            index = tf.reshape(row_offset + tf.expand_dims(col_index, -2), [-1])
             weight = tf.reshape(row_weight[..., :, None] * col_weight[..., None, :], [-1, 1])
             term = tf.gather(flat, index) * weight
             pooled = term if pooled is None else pooled + term

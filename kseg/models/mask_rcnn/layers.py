@@ -40,12 +40,13 @@ class Proposals(keras.layers.Layer):
 
     def call(self, logits, deltas):
         scores, index = tf.math.top_k(tf.stop_gradient(logits), self.pre_nms_topk)
-        anchors = tf.gather(tf.constant(self.anchors), index)
-        boxes = box_ops.decode_boxes(tf.gather(tf.stop_gradient(deltas), index, batch_dims=1), anchors)
+        anchors = tf.gather(tf.constant(self.anchors), tf.reshape(index, [-1]))  # rank-1 indices: see nms
+        anchors = tf.reshape(anchors, [-1, self.pre_nms_topk, 4])
+        boxes = box_ops.decode_boxes(nms.batch_gather(tf.stop_gradient(deltas), index), anchors)
         boxes = box_ops.clip_boxes(boxes, self.image_size)
         keep, valid = nms.padded_nms(boxes, scores, self.post_nms_topk, self.iou_threshold)
-        proposals = tf.gather(boxes, keep, batch_dims=1)
-        proposals = tf.where(nms.valid_mask(valid, self.post_nms_topk)[..., None], proposals, 0.0)
+        proposals = nms.batch_gather(boxes, keep)
+        proposals = tf.where(tf.expand_dims(nms.valid_mask(valid, self.post_nms_topk), -1), proposals, 0.0)
         return proposals, valid
 
     def get_config(self):
@@ -86,16 +87,16 @@ class Detections(keras.layers.Layer):
         classes = tf.tile(tf.range(1, num_classes + 1, dtype=tf.int32)[None], [count, 1])
         flat_classes = tf.reshape(classes, (1, count * num_classes))
         scores, index = tf.math.top_k(flat_scores, min(self.pre_nms_topk, count * num_classes))
-        candidates = tf.gather(flat_boxes, index, batch_dims=1)
-        candidate_classes = tf.gather(flat_classes[0], index)
+        candidates = nms.batch_gather(flat_boxes, index)
+        candidate_classes = tf.reshape(tf.gather(flat_classes[0], tf.reshape(index, [-1])), tf.shape(index))
         keep, valid = nms.batched_class_nms(
             candidates, scores, candidate_classes, self.max_detections, self.iou_threshold, self.score_threshold,
             coordinate_limit=max(self.image_size) + 1.0,
         )
         mask = nms.valid_mask(valid, self.max_detections)
-        out_boxes = tf.where(mask[..., None], tf.gather(candidates, keep, batch_dims=1), 0.0)
-        out_scores = tf.where(mask, tf.gather(scores, keep, batch_dims=1), 0.0)
-        out_classes = tf.where(mask, tf.gather(candidate_classes, keep, batch_dims=1), 0)
+        out_boxes = tf.where(tf.expand_dims(mask, -1), nms.batch_gather(candidates, keep), 0.0)
+        out_scores = tf.where(mask, nms.batch_gather(scores, keep), 0.0)
+        out_classes = tf.where(mask, nms.batch_gather(candidate_classes, keep), 0)
         return out_boxes, out_scores, out_classes, valid
 
     def get_config(self):
