@@ -150,7 +150,13 @@ class Attention(layers.Layer):
         out = multi_head_attention(self.query_proj(query), self.key_proj(key), self.value_proj(value),
                                    self.num_heads, lambda w: self.weights_dropout(w, training=training),
                                    keys_first=True)
-        return self.output_proj(out)
+        # The output projection runs on [B, 1, L, D]. On [B, L, D] the converter folds the Dense's
+        # reshapes into a rank-2 FULLY_CONNECTED that an ADD broadcasts to rank 3 against a constant
+        # (the first decoder layer's residual, folded), and LiteRT's GPU accelerator computes an
+        # ADD whose runtime operand has a lower rank than its output wrong.
+        length = out.shape[1]
+        return ops.reshape(self.output_proj(ops.reshape(out, (-1, 1, length, self.hidden_dim))),
+                           (-1, length, self.hidden_dim))
 
     def get_config(self):
         return {**super().get_config(), "hidden_dim": self.hidden_dim, "num_heads": self.num_heads,
