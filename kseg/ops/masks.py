@@ -16,12 +16,13 @@ def class_masks(logits, classes):
     """Each ROI's mask for its own class: [B, D, S, S, K] logits, classes 1..K -> [B, D, S, S]
     (padding, class 0, reads channel 0)."""
     channel = tf.maximum(tf.cast(classes, tf.int32) - 1, 0)
-    planes = tf.transpose(logits, (0, 1, 4, 2, 3))  # [B, D, K, S, S]
-    _, count, num_classes, height, width = planes.shape
+    _, count, height, width, num_classes = logits.shape
     if count is None or num_classes is None:
-        return tf.gather(planes, channel, batch_dims=2)
-    # Plane d * K + channel of [B, D * K, S, S]: one GATHER with rank-1 indices (nms.batch_gather),
-    # which LiteRT's GPU accelerator takes (not the batched one).
+        return tf.gather(tf.transpose(logits, (0, 1, 4, 2, 3)), channel, batch_dims=2)
+    # Plane d * K + channel of [B, D * K, S, S], through rank-4 tensors only and one GATHER with
+    # rank-1 indices (nms.batch_gather): LiteRT's GPU accelerator refuses 5-D RESHAPE / TRANSPOSE
+    # and batched GATHERs.
+    planes = tf.transpose(tf.reshape(logits, [-1, height, width, num_classes]), (0, 3, 1, 2))  # [B * D, K, S, S]
     planes = tf.reshape(planes, [-1, count * num_classes, height, width])
     return nms.batch_gather(planes, channel + tf.range(count) * num_classes)
 

@@ -242,10 +242,14 @@ def _check_features(features, level_sizes, min_level):
 
 
 def _level_table(values, level_index, dtype):
-    """Looks up one per-level constant for every box: [B, N]. The lookup reads rank-1 indices
-    (LiteRT's GPU accelerator takes a GATHER only with those)."""
-    found = tf.gather(tf.constant(values, dtype), tf.reshape(level_index, [-1]))
-    return tf.reshape(found, tf.shape(level_index))
+    """Looks up one per-level constant (an integer: a size, stride or offset) for every box:
+    [B, N]. For LiteRT's GPU accelerator, the GATHER reads rank-1 indices from an int32 table
+    (a float table is stored in float16 by an fp16 export, and the GPU does not gather from it)."""
+    table = np.asarray(values, np.float64)
+    if not np.array_equal(table, np.round(table)) or np.abs(table).max(initial=0) >= 2**24:
+        raise ValueError(f"level tables hold integers below 2**24 (exact in float32), got {values!r}")
+    found = tf.gather(tf.constant(table.astype(np.int32)), tf.reshape(level_index, [-1]))
+    return tf.cast(tf.reshape(found, tf.shape(level_index)), dtype)
 
 
 def _box_axes(boxes, stride, aligned):

@@ -7,6 +7,7 @@
 """
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 
@@ -127,14 +128,36 @@ class MaskHead(layers.Layer):
         self.predictor.build((None, 2 * size, 2 * size, self.channels))
         self.built = True
 
-    def call(self, rois):
+    def call(self, rois, training=None):
         batch, count = ops.shape(rois)[0], ops.shape(rois)[1]
         size, depth = int(rois.shape[2]), int(rois.shape[4])
         x = ops.reshape(rois, (batch * count, size, size, depth))
         for conv in self.convs:
             x = conv(x)
-        x = self.predictor(self.upsample(x))
+        x = self.upsample(x) if training else self._upsample_by_depth_to_space(x)
+        x = self.predictor(x)
         return ops.reshape(x, (batch, count, 2 * size, 2 * size, self.num_classes))
+
+    def _upsample_by_depth_to_space(self, x):
+        """`self.upsample` (2x2 kernel, stride 2, ReLU) with its own weights, as a 1x1 conv to
+        4 x channels and depth_to_space: every output pixel reads one input pixel, so it is the
+        same sum. Inference and export use it: TFLite fuses the ReLU into a TRANSPOSE_CONV
+        (version 4), which LiteRT's GPU accelerator refuses; CONV_2D and DEPTH_TO_SPACE it takes.
+
+        Args:
+            x: [M, S, S, C_in].
+
+        Returns:
+            [M, 2S, 2S, C]: y[2i + dy, 2j + dx, o] = relu(sum_c x[i, j, c] kernel[dy, dx, o, c] + bias[o]).
+        """
+        kernel = ops.cast(self.upsample.kernel, x.dtype)  # [2, 2, C, C_in]
+        inputs = int(kernel.shape[3])
+        # depth_to_space reads channel (dy * 2 + dx) * C + o at output pixel (2i + dy, 2j + dx).
+        weights = ops.reshape(ops.transpose(kernel, (3, 0, 1, 2)), (1, 1, inputs, 4 * self.channels))
+        y = ops.conv(x, weights, strides=1, padding="valid")
+        if self.upsample.use_bias:
+            y = y + ops.tile(ops.cast(self.upsample.bias, x.dtype), (4,))
+        return tf.nn.depth_to_space(ops.relu(y), 2)
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "channels": self.channels,

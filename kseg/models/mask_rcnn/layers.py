@@ -40,10 +40,11 @@ class Proposals(keras.layers.Layer):
 
     def call(self, logits, deltas):
         scores, index = tf.math.top_k(tf.stop_gradient(logits), self.pre_nms_topk)
-        anchors = tf.gather(tf.constant(self.anchors), tf.reshape(index, [-1]))  # rank-1 indices: see nms
-        anchors = tf.reshape(anchors, [-1, self.pre_nms_topk, 4])
-        boxes = box_ops.decode_boxes(nms.batch_gather(tf.stop_gradient(deltas), index), anchors)
-        boxes = box_ops.clip_boxes(boxes, self.image_size)
+        # Every anchor is decoded, then the top ones are picked (the same values as decoding the
+        # picked ones): a GATHER from a computed tensor, not from the constant anchors, which an
+        # fp16 export stores in float16 and LiteRT's GPU accelerator then refuses to gather from.
+        boxes = box_ops.decode_boxes(tf.stop_gradient(deltas), tf.constant(self.anchors))
+        boxes = box_ops.clip_boxes(nms.batch_gather(boxes, index), self.image_size)
         keep, valid = nms.padded_nms(boxes, scores, self.post_nms_topk, self.iou_threshold)
         proposals = nms.batch_gather(boxes, keep)
         proposals = tf.where(tf.expand_dims(nms.valid_mask(valid, self.post_nms_topk), -1), proposals, 0.0)
