@@ -38,32 +38,37 @@ an instance is kept depends on the union of the kept masks before it, which pair
 do not give when three masks meet), but its decisions only need, per pixel, which masks hold it.
 The masks are thresholded once, into a bool stack (`mask >= mask_threshold`, exact: a pixel is
 in a mask iff that holds; 1 byte a pixel, the only copy of the stack). The slots are then taken in
-painting order in blocks of BLOCK = b (one GATHER of b bool masks each); per block every pixel
-gets a code, bit t set where the block's t-th mask holds it, plus 2**b where an earlier block's
-thing took it, and one UNSORTED_SEGMENT_SUM counts the pixels of each of the 2 * 2**b codes. The
-b decisions of the block are then made on those counts alone: a mask's area is the count over
-the codes with its bit, its visible part the count over the free codes with its bit and no bit
-of a mask kept before it in the block. A table of 2**b segment ids (the first kept mask of each
-code) paints the block with one GATHER. Per block this leaves two passes over its b masks (a
-SELECT of the bit weights and their sum) and a few full-image passes, instead of a full-image
-painting step per slot:
+painting order in blocks of BLOCK = b <= 7 (one GATHER of b bool masks each). Per block every
+pixel gets a one-byte code, bit t set where the block's t-th mask holds it: the b masks, cast to
+bytes and read 8 pixels to an int64 word, are weighted by 2**t and summed (no carry crosses a
+byte), and the word is read back as 8 codes. A pixel's state is its thing segment id s so far
+(0: unclaimed) as s * 2**BLOCK plus its image's offset in the batch, so code + state numbers
+the (state, code) pairs, and one UNSORTED_SEGMENT_SUM counts the pixels of each pair. The b decisions of the block are made on
+those counts alone: a mask's area is the count over the codes with its bit, its visible part
+the count over the unclaimed codes with its bit and no bit of a mask kept before it in the
+block. A table over the pairs (claimed pixels keep their state, unclaimed ones take the segment
+id of the first kept mask of their code) gives the next state with one GATHER. A block runs in
+an IF op only when some image has a candidate in it (candidates are painted first), so the
+slots past the last candidate cost nothing. Per block this leaves one pass over its b bool
+masks and four passes over the image (the code, its sum with the state, the count, the table):
 
-    code = sum_t 2**t [mask_t >= mask_threshold] + 2**b [pixel taken]
+    pair = sum_t 2**t [mask_t >= mask_threshold] + 2**BLOCK * (segment id so far)
 
 LiteRT's GPU accelerator takes neither UNSORTED_SEGMENT_SUM nor these GATHERs: on that path
 step 2 runs on the CPU. Step 3 works on the S channel planes: the argmax with ties to the lowest channel is
 `relu(available + floor(logit - max logit))` taken channel by channel, and the stuff score is
 the mean of 1 / sum(exp(logit - max logit)), the argmax channel's softmax probability. Every
-count is a float32 sum of 0/1 values and every code an integer below 2**(b + 1) (exact below
-2**24 pixels). Masks and semantic logits must
-share H x W (resize the semantic logits first; Panoptic FPN upsamples them to the image).
+count is a float32 sum of 0/1 values (exact below 2**24 pixels) and every pair an int32. Masks
+and semantic logits must share H x W (resize the semantic logits first; Panoptic FPN upsamples them to the image).
 """
+
+import functools
 
 import numpy as np
 import tensorflow as tf
 
 OUTPUT_KEYS = ("panoptic", "category", "is_thing", "area", "score", "num_segments")
-BLOCK = 10  # slots per histogram in step 2
+BLOCK = 7  # slots per pixel histogram in step 2 (a block's code is one byte)
 
 
 def _stuff_table(num_channels, stuff_categories, thing_class):
@@ -128,7 +133,7 @@ def _total(x):
 
 
 def _paint_things(masks, order, cut, *, mask_threshold, overlap_threshold, max_segments):
-    """Step 2 in blocks of `block` slots in painting order, one pixel histogram per block.
+    """Step 2 in blocks of BLOCK slots in painting order, one pixel histogram per block.
 
     Args:
         masks: [B, D, H, W] float32. order: [B, D] int32 slot painted t-th.
@@ -136,57 +141,117 @@ def _paint_things(masks, order, cut, *, mask_threshold, overlap_threshold, max_s
             overlap rule (1 for candidates, H * W + 1 for the other slots).
 
     Returns:
-        (label [B, H * W]: the thing segment id per pixel, 0 where unclaimed (None when D = 0);
-        kept, segment (the thing count after the step), visible: [B, D] in painting order;
-        num_things [B, 1]).
+        (label [B, H * W] float32: the thing segment id per pixel, 0 where unclaimed (None when
+        D = 0); kept, segment (the thing count after the step), visible: [B, D] in painting order,
+        visible 0 in a skipped block; num_things [B, 1]).
     """
     num_slots, height, width = masks.shape[1:]
     pixels = height * width
     f32 = tf.float32
     if not num_slots:
         return None, cut, cut, cut, tf.reduce_sum(cut, axis=1, keepdims=True)  # cut is [B, 0]: zeros
+    if not 1 <= BLOCK <= 7:
+        raise ValueError(f"BLOCK must be in [1, 7] (a block's code is one byte); got {BLOCK}.")
     batch = masks.shape[0] if masks.shape[0] is not None else tf.shape(masks)[0]
     inside = masks >= tf.constant(mask_threshold, f32)  # [B, D, H, W] bool: one pass, 1 byte a pixel
-    overlap = tf.constant(overlap_threshold, f32)
-    label = count = None  # before the first block: nothing claimed, no thing
+    # Candidates come first in painting order: a block past every image's last candidate keeps
+    # nothing, so an IF op skips it and its slots cost nothing.
+    num_candidates = tf.reduce_max(tf.reduce_sum(tf.cast(cut < 1.5, f32), axis=1))
+    size = (num_slots + 1) * 2 ** BLOCK  # the (state, code) pairs of one image
+    offset = size * tf.reshape(tf.range(batch), [-1, 1])  # [B, 1] the image's pairs in the batch
+    state = offset + tf.zeros([1, pixels], tf.int32)  # [B, H W]: nothing claimed
+    ones = tf.ones_like(state, f32)
+    count = tf.zeros_like(cut[:, :1])  # [B, 1] things so far
+    # The next state of a claimed pixel's pairs: its own (segment ids 1..D times 2**BLOCK).
+    claimed = tf.constant(np.repeat(np.arange(1, num_slots + 1, dtype=np.float32)[None, :, None], 2 ** BLOCK, axis=2))
     kept, segment, visible = [], [], []
     for start in range(0, num_slots, BLOCK):
         bits = min(BLOCK, num_slots - start)
-        bins = 2 ** bits
-        # Per pixel: which of the block's masks hold it (bit t: the (start + t)-th painted) and
-        # whether an earlier block's thing took it (+ bins), and the image's table (+ 2 bins b).
-        members = tf.gather(inside, order[:, start:start + bits], axis=1, batch_dims=1)  # [B, b, H, W] bool
-        powers = tf.constant(2.0 ** np.arange(bits, dtype=np.float32).reshape(1, bits, 1, 1))
-        code = tf.reduce_sum(tf.where(members, powers, tf.zeros_like(powers)), axis=1)  # [B, H, W]
-        if label is not None:
-            code = code + bins * tf.minimum(label, 1.0)
-        offset = 2 * bins * tf.reshape(tf.range(batch), [-1, 1, 1])
-        ids = tf.cast(code, tf.int32) + offset
-        histogram = tf.reshape(tf.math.unsorted_segment_sum(tf.ones_like(code), ids, 2 * bins * batch),
-                               [-1, 2, bins])
-        free, taken = histogram[:, 0], histogram[:, 1]  # [B, bins] pixels per code
-        has = tf.constant(((np.arange(bins)[None] >> np.arange(bits)[:, None]) & 1).astype(np.float32))
-        area = tf.reduce_sum(tf.expand_dims(free + taken, 1) * has[None], axis=2)  # [B, b]
-        least = tf.maximum(overlap * area, cut[:, start:start + bits])
-        open_codes = tf.ones_like(free)  # 1 on the codes no kept mask of this block holds yet
-        table = tf.zeros_like(free)  # the segment id a pixel of each free code takes
-        for t in range(bits):
-            claim = open_codes * has[t]  # codes the step would claim
-            shown = tf.reduce_sum(free * claim, axis=1, keepdims=True)  # [B, 1]
-            keep = tf.cast(shown >= least[:, t:t + 1], f32)
-            if max_segments < num_slots:  # otherwise the table always has room
-                keep = keep * (float(max_segments > 0) if count is None else tf.cast(count < max_segments, f32))
-            count = keep if count is None else count + keep
-            table = table + claim * (keep * count)
-            open_codes = open_codes - claim * keep
-            kept.append(keep)
-            segment.append(count)
-            visible.append(shown)
-        lookup = tf.reshape(tf.concat([table, tf.zeros_like(table)], axis=1), [-1])  # taken pixels: 0
-        new = tf.gather(lookup, ids)
-        label = new if label is None else label + new
+        paint = functools.partial(
+            _paint_block, inside, order[:, start:start + bits], cut[:, start:start + bits], ones, offset, claimed,
+            size=size, overlap_threshold=overlap_threshold,
+            max_segments=max_segments if max_segments < num_slots else None)
+        state, count, keep, after, shown = tf.cond(
+            num_candidates > start, lambda paint=paint, state=state, count=count: paint(state, count),
+            lambda state=state, count=count, bits=bits: _skip_block(state, count, bits))
+        kept.append(keep)
+        segment.append(after)
+        visible.append(shown)
+    label = tf.cast(state - offset, f32) * (1.0 / 2 ** BLOCK)  # exact: a multiple of a power of two
     flat = [tf.reshape(tf.concat(x, axis=1), [-1, num_slots]) for x in (kept, segment, visible)]
-    return (tf.reshape(label, [-1, pixels]), *flat, tf.reshape(count, [-1, 1]))
+    return (label, *flat, tf.reshape(count, [-1, 1]))
+
+
+def _skip_block(state, count, bits):
+    """A block without candidates: nothing kept, nothing claimed (`_paint_block`'s outputs)."""
+    zeros = tf.zeros_like(count) + tf.zeros([1, bits])
+    return state, count, zeros, count + zeros, zeros
+
+
+def _block_code(inside, order):
+    """[B, D, H, W] bool, [B, b] int32 (b <= 7) -> [B, H W] int32 code: bit t where the block's
+    t-th mask holds the pixel."""
+    bits, (height, width) = order.shape[1], inside.shape[2:]
+    pixels = height * width
+    members = tf.cast(tf.gather(inside, order, axis=1, batch_dims=1), tf.uint8)  # [B, b, H, W]
+    weight = (2 ** np.arange(bits)).reshape(1, bits, 1)
+    if pixels % 8:
+        members = tf.cast(tf.reshape(members, [-1, bits, pixels]), tf.int32)
+        return tf.reduce_sum(members * tf.constant(weight, tf.int32), axis=1)
+    # 8 pixels a word, one byte each: the weighted sum adds up each byte's code (< 2**b <= 128:
+    # no carry crosses bytes, no product overflows) in one pass over 1/8 of the pixels.
+    words = tf.bitcast(tf.reshape(members, [-1, bits, pixels // 8, 8]), tf.int64)  # [B, b, H W / 8]
+    packed = tf.reduce_sum(words * tf.constant(weight, tf.int64), axis=1)
+    return tf.cast(tf.reshape(tf.bitcast(packed, tf.uint8), [-1, pixels]), tf.int32)
+
+
+def _paint_block(inside, order, cut, ones, offset, claimed, state, count, *, size, overlap_threshold, max_segments):
+    """Step 2 for one block of b slots on one histogram of (state, code) pairs.
+
+    A pixel's state is s * 2**BLOCK + offset, s its thing segment id (0 while unclaimed), so a
+    pair id is the block's code plus the state, and one GATHER of a table over the pairs gives
+    the next state.
+
+    Args:
+        inside: [B, D, H, W] bool stack. order: [B, b] int32 the block's slots in painting order.
+        cut: [B, b] float32 (see `_paint_things`). ones: [B, H W] float32. offset: [B, 1] int32.
+        claimed: [1, D, 2**BLOCK] float32, segment id s on row s - 1. state: [B, H W] int32. count: [B, 1] float32 things so far. size: pairs of an image.
+        max_segments: None when the table always has room.
+
+    Returns:
+        (state, count, kept [B, b], segment [B, b] (the thing count after each slot), visible [B, b]).
+    """
+    f32 = tf.float32
+    bits = order.shape[1]
+    bins, stride = 2 ** bits, 2 ** BLOCK  # codes of this block; code values a state step spans
+    ids = _block_code(inside, order) + state  # [B, H W]
+    histogram = tf.math.unsorted_segment_sum(ones, ids, size * tf.shape(ones)[0])
+    histogram = tf.reshape(histogram, [-1, size // stride, stride])[:, :, :bins]  # [B, states, bins]
+    free = histogram[:, 0]  # [B, bins] unclaimed pixels per code
+    has = tf.constant(((np.arange(bins)[None] >> np.arange(bits)[:, None]) & 1).astype(np.float32))
+    area = tf.reduce_sum(tf.expand_dims(tf.reduce_sum(histogram, axis=1), 1) * has[None], axis=2)  # [B, b]
+    least = tf.maximum(tf.constant(overlap_threshold, f32) * area, cut)
+    open_codes = tf.ones_like(free)  # 1 on the codes no kept mask of this block holds yet
+    table = tf.zeros_like(free)  # the segment id an unclaimed pixel of each code takes
+    kept, segment, visible = [], [], []
+    for t in range(bits):
+        claim = open_codes * has[t]  # codes the step would claim
+        shown = tf.reduce_sum(free * claim, axis=1, keepdims=True)  # [B, 1]
+        keep = tf.cast(shown >= least[:, t:t + 1], f32)
+        if max_segments is not None:
+            keep = keep * tf.cast(count < max_segments, f32)
+        count = count + keep
+        table = table + claim * (keep * count)
+        open_codes = open_codes - claim * keep
+        kept.append(keep)
+        segment.append(count)
+        visible.append(shown)
+    # The next state of each pair: claimed pixels keep theirs, unclaimed ones take the table's.
+    unclaimed = tf.pad(table, [[0, 0], [0, stride - bins]])[:, None]  # [B, 1, stride]
+    lookup = tf.concat([unclaimed, claimed + tf.zeros_like(unclaimed)], axis=1)  # [B, states, stride]
+    lookup = tf.cast(lookup * stride, tf.int32) + offset[:, :, None]
+    state = tf.gather(tf.reshape(lookup, [-1]), ids)
+    return (state, count, *(tf.concat(x, axis=1) for x in (kept, segment, visible)))
 
 
 def _paint_stuff(semantic_logits, free, is_stuff):

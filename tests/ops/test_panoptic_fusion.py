@@ -196,7 +196,7 @@ def fusion_inputs(draw):
     rng = np.random.default_rng(seed)
     d = draw(st.integers(1, 6))
     s = draw(st.integers(1, 4))
-    size = 16
+    size = draw(st.sampled_from([16, 15]))  # 15 x 15 pixels: not whole int64 words of codes
     masks = np.zeros([d, size, size], np.float32)
     for i in range(d):  # boxes (heavy overlap), sometimes noisy, sometimes a copy of another
         y1, x1 = rng.integers(0, 12, size=2)
@@ -235,15 +235,15 @@ def test_op_matches_numpy_reference(case):
 @given(fusion_inputs(), st.sampled_from([1, 2, 3]))
 def test_op_matches_numpy_reference_across_blocks(case, block):
     # Step 2 paints BLOCK slots per pixel histogram; with small blocks the masks of one image
-    # fall in several blocks, so pixels taken in an earlier block and overlaps that span
-    # blocks are exercised on the same inputs.
+    # fall in several blocks, so pixels taken in an earlier block, overlaps that span blocks
+    # and blocks skipped past the last candidate are exercised on the same inputs.
     args, options = case
     with mock.patch.object(fusion_module, "BLOCK", block):
         got = {k: v.numpy() for k, v in panoptic_fusion(*args, **options).items()}
     assert_same(got, panoptic_fusion_numpy(*args, **options))
 
 
-@pytest.mark.parametrize("block", [1, 2, 10])
+@pytest.mark.parametrize("block", [1, 2, 7])
 def test_third_instance_depends_on_whether_the_second_was_kept(block):
     # 0 (0.9) takes the 4 left columns; 1 (0.8) has 12 of its 16 pixels under 0 and is dropped;
     # 2 (0.7) has 8 of 16 under 0 and 2 more under 1 only: kept (8 >= 8) because 1 was dropped,
@@ -356,6 +356,41 @@ def test_litert_graph_makes_one_bool_copy_of_the_mask_stack():
     large = _large_tensors(content, block * size * size)
     assert sorted(dtype for _, dtype in large) == ["bool", "float32"], large
     assert any("masks" in name for name, dtype in large if dtype == "float32"), large
+
+
+def test_litert_graph_paints_each_block_in_an_if_op():
+    # Each block of BLOCK slots runs in an IF op, taken only while some image has a candidate in
+    # the block. Its branch reads the masks only as the block's b bool masks and passes over the
+    # image with one count (UNSORTED_SEGMENT_SUM) and one table lookup (GATHER) of the (state,
+    # code) pairs; the other branch does no work over pixels. The graph before ran every block,
+    # with about ten full-image ops each, in the main graph.
+    from export import runtime
+
+    block, size, s = fusion_module.BLOCK, 32, 4
+    d = 2 * block + 3
+    content = _convert(_fusion_model(d, size, s, stuff_categories=[11, 12, 13], min_stuff_area=20))
+    model = runtime.parse_model(content)
+    ifs = [op for op in model.subgraphs[0].operators if runtime.op_name(model, op) == "IF"]
+    assert len(ifs) == 3
+    for op in ifs:
+        paint = model.subgraphs[op.builtinOptions.thenSubgraphIndex]
+        names = [runtime.op_name(model, o) for o in paint.operators]
+        assert names.count("UNSORTED_SEGMENT_SUM") == 1 and names.count("GATHER") == 2, names  # masks, pairs
+        largest = {}  # dtype -> elements of its largest tensor in the branch
+        for t in paint.tensors:
+            dtype = runtime.dtype_name(t.type)
+            largest[dtype] = max(largest.get(dtype, 0), int(np.prod(t.shape)) if t.shape is not None else 1)
+        assert largest["bool"] == d * size * size and largest["uint8"] <= block * size * size, largest  # stack in
+        image_or_pairs = max(size * size, (d + 1) * 2 ** block)  # no per-slot float or int32 planes
+        assert largest["float32"] <= image_or_pairs and largest["int32"] <= image_or_pairs, largest
+        assert largest["int64"] <= block * size * size // 8, largest
+        skip = model.subgraphs[op.builtinOptions.elseSubgraphIndex]
+        assert all(int(np.prod(skip.tensors[i].shape)) <= d for o in skip.operators for i in o.outputs)
+
+
+def test_block_above_seven_slots_raises():
+    with mock.patch.object(fusion_module, "BLOCK", 8), pytest.raises(ValueError, match="BLOCK"):
+        panoptic_fusion(np.zeros([1, H, W]), [0.9], [1], 1, ALL_VOID, stuff_categories=[5, 6])
 
 
 @pytest.mark.slow
