@@ -4,18 +4,29 @@ The TFLite analyzer's GPU check is a static list: for Mask R-CNN it calls the gr
 "compatible" while LiteRT's GPU accelerator does not run it fully. Here every operator of the
 main subgraph is compiled alone (`runtime.single_op_model`) for the GPU accelerator; one that
 compiles fully accelerated is an operator the delegate takes. Operators with the same type and
-tensor shapes/dtypes are compiled once. Like export.runtime, no TensorFlow is imported.
+tensor shapes/dtypes are compiled once. In an fp16 file the DEQUANTIZE ops of float16 weights
+are folded: the accelerator takes them with the op that reads them, so that op is compiled with
+the float32 values as constants (alone, it would read them as inputs, which it refuses for the
+weights of a convolution). Like export.runtime, no TensorFlow is imported.
 """
 
 from export import runtime
 
+# An fp16 file's DEQUANTIZE of float16 weights: the accelerator folds it into the op reading them.
+FOLDED = "float16 weights, folded into the ops that read them"
 
-def _signature(model, op):
+
+def _signature(model, op, folded):
+    """What decides a verdict: op type, and each tensor's shape, dtype and whether it is constant."""
     sg = model.subgraphs[0]
 
+    def constant(t):
+        buffer = model.buffers[sg.tensors[t].buffer]
+        return t in folded or (buffer.data is not None and len(buffer.data) > 0) or bool(buffer.offset)
+
     def tensors(indices):
-        return tuple((tuple(sg.tensors[t].shape if sg.tensors[t].shape is not None else ()), int(sg.tensors[t].type))
-                     for t in indices if t >= 0)
+        return tuple((tuple(sg.tensors[t].shape if sg.tensors[t].shape is not None else ()), int(sg.tensors[t].type),
+                      constant(t)) for t in indices if t >= 0)
 
     return runtime.op_name(model, op), tensors(op.inputs), tensors(op.outputs)
 
@@ -29,17 +40,21 @@ def gpu_op_support(model):
 
     Returns:
         list of {"index", "op", "gpu": True / False / None (could not be tried), "reason"}, in
-        operator order.
+        operator order; a folded DEQUANTIZE of float16 weights has gpu True and reason FOLDED.
     """
     runtime.enable_gpu_emulation()
     content = runtime.read_model(model) if not isinstance(model, (bytes, bytearray)) else bytes(model)
     parsed = runtime.parse_model(content)
+    folded = runtime.dequantized_constants(parsed, content)
     verdicts, results = {}, []
     for index, op in enumerate(parsed.subgraphs[0].operators or []):
-        key = _signature(parsed, op)
+        if op.outputs is not None and len(op.outputs) and int(op.outputs[0]) in folded:
+            results.append({"index": index, "op": runtime.op_name(parsed, op), "gpu": True, "reason": FOLDED})
+            continue
+        key = _signature(parsed, op, folded)
         if key not in verdicts:
             try:
-                single, _ = runtime.single_op_model(parsed, content, index)
+                single, _ = runtime.single_op_model(parsed, content, index, constants=folded)
                 with runtime.Runner(single, accelerator="gpu") as runner:
                     verdicts[key] = (bool(runner.fully_accelerated), None)
             except Exception as e:  # an op the GPU path refuses outright, or one that cannot stand alone

@@ -21,7 +21,8 @@ Modules:
     model_file     read_model, check_model, parse_model: reading and verifying a file;
                    op_name, dtype_name, tensor_detail of a parsed model
     model_info     describe: tensors, op counts, FLOPs and metadata, without running
-    op_surgery     single_op_model, empty_model: new models cut from a parsed one
+    op_surgery     single_op_model, empty_model: new models cut from a parsed one;
+                   dequantized_constants: an fp16 file's weights as float32
     gpu_emulation  enable_gpu_emulation: SwiftShader for the GPU accelerator
     quantization   quantize, dequantize
     runner         Runner (Interpreter or CompiledModel, CPU or GPU), gpu_outputs
@@ -34,12 +35,12 @@ from export.runtime.model_file import (
     ModelFileError, check_model, dtype_name, op_name, parse_model, read_model, tensor_detail,
 )
 from export.runtime.model_info import describe, read_metadata
-from export.runtime.op_surgery import empty_model, single_op_model
+from export.runtime.op_surgery import dequantized_constants, empty_model, single_op_model
 from export.runtime.quantization import dequantize, quantize
 from export.runtime.runner import Runner, gpu_outputs, import_backend
 
 __all__ = [
-    "SWIFTSHADER_ICD", "ModelFileError", "Runner", "check_model", "dequantize", "describe", "dtype_name",
-    "empty_model", "enable_gpu_emulation", "gpu_outputs", "import_backend", "in_subprocess", "op_name",
+    "SWIFTSHADER_ICD", "ModelFileError", "Runner", "check_model", "dequantize", "dequantized_constants", "describe",
+    "dtype_name", "empty_model", "enable_gpu_emulation", "gpu_outputs", "import_backend", "in_subprocess", "op_name",
     "parse_model", "quantize", "read_metadata", "read_model", "single_op_model", "tensor_detail",
 ]

@@ -20,7 +20,7 @@ def _buffer_data(model, content, index):
     return None if b.data is None or len(b.data) == 0 else np.asarray(b.data, dtype=np.uint8)
 
 
-def single_op_model(model, content, op_index):
+def single_op_model(model, content, op_index, constants=None):
     """The operator `op_index` of the main subgraph alone, as a runnable `.tflite` model.
 
     The new model keeps that operator, its tensors and the constant buffers it reads;
@@ -30,6 +30,8 @@ def single_op_model(model, content, op_index):
         model: `parse_model(content)`.
         content: the model's bytes (for weights stored after the flatbuffer).
         op_index: index into the main subgraph's operators.
+        constants: optional {tensor index: array}, values stored as constants for tensors the
+            model computes (e.g. `dequantized_constants`), in the tensor's own dtype and shape.
 
     Returns:
         (bytes, input tensor indices in the original model, in graph-input order).
@@ -53,6 +55,8 @@ def single_op_model(model, content, op_index):
         if tensor.isVariable or tensor.type == s.TensorType.RESOURCE:
             raise ValueError(f"{name} reads a variable tensor; it cannot run alone")
         data = _buffer_data(model, content, tensor.buffer)
+        if constants and t in constants:
+            data = np.frombuffer(np.ascontiguousarray(constants[t]).tobytes(), dtype=np.uint8)
         buffer = s.BufferT()
         if data is not None:
             buffer.data = data
@@ -82,6 +86,35 @@ def single_op_model(model, content, op_index):
     builder = flatbuffers.Builder(1024)
     builder.Finish(out.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output()), graph_inputs
+
+
+def dequantized_constants(model, content):
+    """The float32 values of the main subgraph's DEQUANTIZE ops that read float16 constants.
+
+    An fp16 `.tflite` stores weights as float16 behind DEQUANTIZE ops; LiteRT's GPU
+    accelerator folds them into the ops that read them, so an op cut out alone should see them
+    as the float32 constants they are, not as graph inputs.
+
+    Args:
+        model: `parse_model(content)`.
+        content: the model's bytes.
+
+    Returns:
+        {output tensor index: float32 array of the tensor's shape}.
+    """
+    s = schema()
+    sg = model.subgraphs[0]
+    values = {}
+    for op in sg.operators or []:
+        if op_name(model, op) != "DEQUANTIZE":
+            continue
+        source = sg.tensors[op.inputs[0]]
+        data = _buffer_data(model, content, source.buffer)
+        if data is None or source.type != s.TensorType.FLOAT16:
+            continue
+        shape = [int(d) for d in (source.shape if source.shape is not None else [])]
+        values[int(op.outputs[0])] = data.view(np.float16).astype(np.float32).reshape(shape)
+    return values
 
 
 def empty_model(detail):

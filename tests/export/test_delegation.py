@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from export import runtime
-from export.delegation import gpu_op_support, gpu_summary
+from export.delegation import FOLDED, gpu_op_support, gpu_summary
 
 pytestmark = pytest.mark.skipif(
     not Path(runtime.SWIFTSHADER_ICD).exists(),
@@ -45,6 +45,28 @@ def test_conv_is_taken_and_nms_is_left_to_the_cpu(tmp_path):
     assert summary["ops"] == len(support) and 0 < summary["gpu_ops"] < len(support)
     assert summary["cpu_op_types"].get("NON_MAX_SUPPRESSION_V4") == 1 and "CONV_2D" not in summary["cpu_op_types"]
     assert summary["crossings"] >= 1  # the convolution on the GPU hands its result to the CPU's NMS
+
+
+def test_fp16_weights_are_folded_into_the_ops_that_read_them(tmp_path):
+    # Alone, a CONV_2D whose weights come from a DEQUANTIZE reads them as an input, which the
+    # GPU accelerator refuses; in the whole fp16 graph it folds them and takes the convolution.
+    kernel = tf.constant(np.random.default_rng(0).normal(size=(3, 3, 3, 4)), tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 8, 8, 3), tf.float32)])
+    def graph(x):
+        return tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME"))
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+    path = tmp_path / "fp16.tflite"
+    path.write_bytes(converter.convert())
+    support = runtime.in_subprocess(gpu_op_support, str(path), timeout=600)
+    ops = [r["op"] for r in support]
+    assert "DEQUANTIZE" in ops and "CONV_2D" in ops
+    assert all(r["gpu"] is True for r in support), support
+    assert all(r["reason"] == FOLDED for r in support if r["op"] == "DEQUANTIZE")
+    assert gpu_summary(support)["crossings"] == 0
 
 
 def test_crossings_count_each_change_of_device_in_execution_order():
