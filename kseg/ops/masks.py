@@ -21,10 +21,11 @@ def class_masks(logits, classes):
         return tf.gather(tf.transpose(logits, (0, 1, 4, 2, 3)), channel, batch_dims=2)
     # Plane d * K + channel of [B, D * K, S, S], through rank-4 tensors only and one GATHER with
     # rank-1 indices (nms.batch_gather): LiteRT's GPU accelerator refuses 5-D RESHAPE / TRANSPOSE
-    # and batched GATHERs.
+    # and batched GATHERs. The plane offsets are [1, D], not [D]: its WebGPU kernel for an int32
+    # ADD that broadcasts a constant vector computed wrong values.
     planes = tf.transpose(tf.reshape(logits, [-1, height, width, num_classes]), (0, 3, 1, 2))  # [B * D, K, S, S]
     planes = tf.reshape(planes, [-1, count * num_classes, height, width])
-    return nms.batch_gather(planes, channel + tf.range(count) * num_classes)
+    return nms.batch_gather(planes, channel + tf.reshape(tf.range(count) * num_classes, [1, count]))
 
 
 def _interpolation_matrix(start, end, size, length):

@@ -7,7 +7,6 @@
 """
 
 import keras
-import tensorflow as tf
 from keras import layers, ops
 
 
@@ -140,9 +139,11 @@ class MaskHead(layers.Layer):
 
     def _upsample_by_depth_to_space(self, x):
         """`self.upsample` (2x2 kernel, stride 2, ReLU) with its own weights, as a 1x1 conv to
-        4 x channels and depth_to_space: every output pixel reads one input pixel, so it is the
-        same sum. Inference and export use it: TFLite fuses the ReLU into a TRANSPOSE_CONV
-        (version 4), which LiteRT's GPU accelerator refuses; CONV_2D and DEPTH_TO_SPACE it takes.
+        4 x channels whose outputs are moved to their pixels (a depth-to-space through rank-4
+        RESHAPE / TRANSPOSE): every output pixel reads one input pixel, so it is the same sum.
+        Inference and export use it: TFLite fuses the ReLU into a TRANSPOSE_CONV (version 4),
+        which LiteRT's GPU accelerator refuses, and its WebGPU DEPTH_TO_SPACE computed wrong
+        values here.
 
         Args:
             x: [M, S, S, C_in].
@@ -151,13 +152,15 @@ class MaskHead(layers.Layer):
             [M, 2S, 2S, C]: y[2i + dy, 2j + dx, o] = relu(sum_c x[i, j, c] kernel[dy, dx, o, c] + bias[o]).
         """
         kernel = ops.cast(self.upsample.kernel, x.dtype)  # [2, 2, C, C_in]
-        inputs = int(kernel.shape[3])
-        # depth_to_space reads channel (dy * 2 + dx) * C + o at output pixel (2i + dy, 2j + dx).
+        inputs, size = int(kernel.shape[3]), int(x.shape[1])
+        # Channel (dy * 2 + dx) * C + o of pixel (i, j) goes to pixel (2i + dy, 2j + dx).
         weights = ops.reshape(ops.transpose(kernel, (3, 0, 1, 2)), (1, 1, inputs, 4 * self.channels))
         y = ops.conv(x, weights, strides=1, padding="valid")
         if self.upsample.use_bias:
             y = y + ops.tile(ops.cast(self.upsample.bias, x.dtype), (4,))
-        return tf.nn.depth_to_space(ops.relu(y), 2)
+        y = ops.reshape(ops.relu(y), (-1, size, 2, 2 * self.channels))  # [M * S (i), S (j), dy, (dx, o)]
+        y = ops.transpose(y, (0, 2, 1, 3))  # [M * S, dy, j, (dx, o)]
+        return ops.reshape(y, (-1, 2 * size, 2 * size, self.channels))
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "channels": self.channels,
