@@ -43,14 +43,15 @@ pixel gets a one-byte code, bit t set where the block's t-th mask holds it: the 
 bytes and read 8 pixels to an int64 word, are weighted by 2**t and summed (no carry crosses a
 byte), and the word is read back as 8 codes. A pixel's state is its thing segment id s so far
 (0: unclaimed) as s * 2**BLOCK plus its image's offset in the batch, so code + state numbers
-the (state, code) pairs, and one UNSORTED_SEGMENT_SUM counts the pixels of each pair. The b decisions of the block are made on
-those counts alone: a mask's area is the count over the codes with its bit, its visible part
-the count over the unclaimed codes with its bit and no bit of a mask kept before it in the
-block. A table over the pairs (claimed pixels keep their state, unclaimed ones take the segment
-id of the first kept mask of their code) gives the next state with one GATHER. A block runs in
-an IF op only when some image has a candidate in it (candidates are painted first), so the
-slots past the last candidate cost nothing. Per block this leaves one pass over its b bool
-masks and four passes over the image (the code, its sum with the state, the count, the table):
+the (state, code) pairs, and one UNSORTED_SEGMENT_SUM counts the pixels of each pair. The b
+decisions of the block are made on those counts alone: a mask's area is the count over the
+codes with its bit, its visible part the count over the unclaimed codes with its bit and no bit
+of a mask kept before it in the block. A table over the pairs (claimed pixels keep their state,
+unclaimed ones take the segment id of the first kept mask of their code) gives the next state
+with one GATHER. A block runs in an IF op only when some image has a candidate in it
+(candidates are painted first), so the slots past the last candidate cost nothing. Per block
+this leaves one pass over its b bool masks and four over the image (the code, its sum with the
+state, the count, the table):
 
     pair = sum_t 2**t [mask_t >= mask_threshold] + 2**BLOCK * (segment id so far)
 
@@ -208,15 +209,12 @@ def _block_code(inside, order):
 def _paint_block(inside, order, cut, ones, offset, claimed, state, count, *, size, overlap_threshold, max_segments):
     """Step 2 for one block of b slots on one histogram of (state, code) pairs.
 
-    A pixel's state is s * 2**BLOCK + offset, s its thing segment id (0 while unclaimed), so a
-    pair id is the block's code plus the state, and one GATHER of a table over the pairs gives
-    the next state.
-
     Args:
         inside: [B, D, H, W] bool stack. order: [B, b] int32 the block's slots in painting order.
         cut: [B, b] float32 (see `_paint_things`). ones: [B, H W] float32. offset: [B, 1] int32.
-        claimed: [1, D, 2**BLOCK] float32, segment id s on row s - 1. state: [B, H W] int32. count: [B, 1] float32 things so far. size: pairs of an image.
-        max_segments: None when the table always has room.
+        claimed: [1, D, 2**BLOCK] float32, segment id s on row s - 1. state: [B, H W] int32,
+        s * 2**BLOCK + offset for a pixel of thing segment s (0: unclaimed). count: [B, 1]
+        float32 things so far. size: pairs of an image. max_segments: None if it never binds.
 
     Returns:
         (state, count, kept [B, b], segment [B, b] (the thing count after each slot), visible [B, b]).
