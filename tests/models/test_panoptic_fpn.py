@@ -77,7 +77,7 @@ def test_joint_loss_trains_the_semantic_branch_with_the_detector(trained):
 
 
 def test_panoptic_output_is_the_fusion_of_the_models_own_outputs(trained):
-    from kseg.ops.panoptic_fusion import panoptic_fusion_numpy
+    from kseg.ops.panoptic_fusion_reference import panoptic_fusion_numpy
 
     model, batch, _, _ = trained
     out = model.predict(batch["image"], verbose=0)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from kseg.metrics import PanopticQuality
 from kseg.ops import boxes as box_ops
 from kseg.ops import panoptic_fusion as fusion_ops
-from kseg.ops.panoptic_fusion import panoptic_fusion, panoptic_fusion_numpy
+from kseg.ops.panoptic_fusion import panoptic_fusion
+from kseg.ops.panoptic_fusion_reference import panoptic_fusion_numpy
 from kseg.ops.roi_align import roi_align
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
