@@ -27,6 +27,8 @@ Modules:
     quantization   quantize, dequantize
     runner         Runner (Interpreter or CompiledModel, CPU or GPU), gpu_outputs
     isolation      in_subprocess: a function in a spawned child process
+    partition      device_plan, split_model, write_partitioned, read_partitioned,
+                   PartitionedRunner: a model cut into GPU and CPU parts, run as one
 """
 
 from export.runtime.gpu_emulation import SWIFTSHADER_ICD, enable_gpu_emulation
@@ -36,11 +38,15 @@ from export.runtime.model_file import (
 )
 from export.runtime.model_info import describe, read_metadata
 from export.runtime.op_surgery import dequantized_constants, empty_model, single_op_model
+from export.runtime.partition import (
+    PartitionedRunner, device_plan, read_partitioned, split_model, write_partitioned,
+)
 from export.runtime.quantization import dequantize, quantize
 from export.runtime.runner import Runner, gpu_outputs, import_backend
 
 __all__ = [
-    "SWIFTSHADER_ICD", "ModelFileError", "Runner", "check_model", "dequantize", "dequantized_constants", "describe",
+    "SWIFTSHADER_ICD", "ModelFileError", "PartitionedRunner", "Runner", "check_model", "dequantize", "dequantized_constants", "describe", "device_plan",
     "dtype_name", "empty_model", "enable_gpu_emulation", "gpu_outputs", "import_backend", "in_subprocess", "op_name",
-    "parse_model", "quantize", "read_metadata", "read_model", "single_op_model", "tensor_detail",
+    "parse_model", "quantize", "read_metadata", "read_model", "read_partitioned",
+    "single_op_model", "split_model", "tensor_detail", "write_partitioned",
 ]

@@ -142,7 +142,7 @@ class Runner:
                     f"input {i} ({d['name']}): got shape {list(a.shape)} dtype {a.dtype}; "
                     f"expected shape {list(d['shape'])} dtype {d['dtype']}"
                 )
-            checked.append(np.ascontiguousarray(a))
+            checked.append(np.require(a, requirements='C'))  # ascontiguousarray makes a scalar 1-D
         return checked
 
     def set_inputs(self, *arrays):
@@ -153,7 +153,7 @@ class Runner:
                 self._interpreter.set_tensor(d["index"], a)
         else:
             for a, pos in zip(arrays, self._in_pos):
-                self._in_buffers[pos].write(a)
+                self._in_buffers[pos].write(a.reshape(-1))  # buffers take no 0-D array
 
     def invoke(self):
         """Runs the model on the inputs last set (what invoke-only timings measure).

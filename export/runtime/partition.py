@@ -1,0 +1,340 @@
+"""A `.tflite` cut into consecutive parts, each for one device, and run as one model.
+
+LiteRT's GPU accelerator delegates one partition of a graph (the largest) and runs the rest on
+the CPU. A graph with a few ops the GPU lacks (Mask R-CNN's two NON_MAX_SUPPRESSION_V4) has
+several GPU partitions; cut into models of their own, each runs fully on the GPU:
+
+    content = read_model("mask_rcnn_fp32.tflite")
+    plan = device_plan(parse_model(content), cpu_ops={"NON_MAX_SUPPRESSION_V4"})
+    parts, manifest = split_model(content, plan)             # 5 parts: gpu cpu gpu cpu gpu
+    write_partitioned("mask_rcnn_fp32.gpu", parts, manifest)
+    with PartitionedRunner("mask_rcnn_fp32.gpu", accelerator="gpu") as runner:
+        outputs = runner.run(image)                          # the whole model's outputs, in order
+
+A part is a valid `.tflite` whose inputs are the tensors it reads from the graph inputs or
+earlier parts and whose outputs are those later parts or the graph outputs read. Constants go
+with every part that reads them. In an fp16 file the DEQUANTIZE of float16 weights is copied
+into each part reading its output (the GPU accelerator folds it into that op). An op calling
+other subgraphs (IF, WHILE, CALL_ONCE) makes its part a CPU part that carries every subgraph.
+
+The manifest (JSON-ready dict):
+    format    "kseg.partitioned/1"
+    inputs, outputs   the whole model's tensor details (export.runtime), in its order
+    parts     list of {"file", "device": "gpu" | "cpu", "ops": [original op indices],
+              "inputs": [original tensor indices], "outputs": [original tensor indices]}
+Tensors are named by their index in the original main subgraph.
+"""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+
+from export.runtime.model_file import check_model, op_name, read_file, schema, tensor_detail
+from export.runtime.op_surgery import _SUBGRAPH_OPS, _buffer_data
+
+FORMAT = "kseg.partitioned/1"
+DEVICES = ("gpu", "cpu")
+
+
+def folded_dequantize_ops(model, content):
+    """Indices of the main subgraph's DEQUANTIZE ops that read float16 constants (fp16 weights)."""
+    s = schema()
+    sg = model.subgraphs[0]
+    folded = set()
+    for i, op in enumerate(sg.operators or []):
+        if op_name(model, op) == "DEQUANTIZE":
+            source = sg.tensors[op.inputs[0]]
+            if source.type == s.TensorType.FLOAT16 and _buffer_data(model, content, source.buffer) is not None:
+                folded.add(i)
+    return folded
+
+
+def device_plan(model, support=None, cpu_ops=("NON_MAX_SUPPRESSION_V4",)):
+    """The device of each operator of the main subgraph: "cpu" or "gpu".
+
+    Args:
+        model: `parse_model(content)`.
+        support: optional `export.delegation.gpu_op_support` verdicts (one per op, in order);
+            an op whose "gpu" is not True runs on the CPU.
+        cpu_ops: op names that run on the CPU whatever `support` says.
+
+    Returns:
+        list of "cpu" / "gpu", one per operator. Ops calling subgraphs are always "cpu".
+    """
+    ops = model.subgraphs[0].operators or []
+    if support is not None and len(support) != len(ops):
+        raise ValueError(f"support: {len(support)} verdicts for a model of {len(ops)} operators; expected one per operator")
+    plan = []
+    for i, op in enumerate(ops):
+        name = op_name(model, op)
+        gpu = name not in set(cpu_ops) and name not in _SUBGRAPH_OPS and (support is None or support[i]["gpu"] is True)
+        plan.append("gpu" if gpu else "cpu")
+    return plan
+
+
+def _is_constant(model, content, sg, t):
+    return _buffer_data(model, content, sg.tensors[t].buffer) is not None
+
+
+def _runs(plan, skip):
+    """Consecutive runs of the same device over the ops not in `skip`: [(device, [op indices])]."""
+    runs = []
+    for i, device in enumerate(plan):
+        if i in skip:
+            continue
+        if runs and runs[-1][0] == device:
+            runs[-1][1].append(i)
+        else:
+            runs.append((device, [i]))
+    return runs
+
+
+def split_model(content, plan):
+    """Cuts a `.tflite` into consecutive parts, one per run of ops of one device.
+
+    Args:
+        content: the model's bytes.
+        plan: one device per operator of the main subgraph, "gpu" or "cpu" (`device_plan`).
+            A folded DEQUANTIZE (fp16 weights) follows the ops reading it whatever its entry.
+
+    Returns:
+        (parts, manifest): parts is a list of `.tflite` bytes, in execution order; manifest
+        describes them (module docstring), with part files named "part{i}.tflite".
+
+    Raises:
+        ValueError: `plan` has the wrong length or an unknown device, or a GPU part would call
+            subgraphs.
+    """
+    model = check_model(bytes(content))
+    sg = model.subgraphs[0]
+    ops = sg.operators or []
+    plan = list(plan)
+    if len(plan) != len(ops):
+        raise ValueError(f"plan: {len(plan)} devices for a model of {len(ops)} operators; expected one per operator")
+    bad = sorted({d for d in plan if d not in DEVICES})
+    if bad:
+        raise ValueError(f"plan: unknown device(s) {bad}; expected 'gpu' or 'cpu' per operator")
+    for i, (device, op) in enumerate(zip(plan, ops)):
+        if device == "gpu" and op_name(model, op) in _SUBGRAPH_OPS:
+            raise ValueError(f"plan: operator {i} ({op_name(model, op)}) calls other subgraphs and runs on the CPU "
+                             "only; expected 'cpu' for it")
+    folded = folded_dequantize_ops(model, content)
+    folded_by_output = {int(ops[i].outputs[0]): i for i in folded}
+    runs = _runs(plan, folded)
+    graph_outputs = [int(t) for t in sg.outputs]
+    owner = {}  # tensor -> part producing it
+    for p, (_, indices) in enumerate(runs):
+        for i in indices:
+            for t in ops[i].outputs:
+                owner[int(t)] = p
+    parts, described = [], []
+    for p, (device, indices) in enumerate(runs):
+        produced = {int(t) for i in indices for t in ops[i].outputs}
+        read = list(dict.fromkeys(int(t) for i in indices for t in ops[i].inputs if t >= 0))
+        dequantize = sorted({folded_by_output[t] for t in read if t in folded_by_output})
+        inputs = [t for t in read if t not in produced and t not in folded_by_output
+                  and not _is_constant(model, content, sg, t)]
+        later = set(graph_outputs) | {int(t) for q in range(p + 1, len(runs)) for i in runs[q][1]
+                                      for t in ops[i].inputs if t >= 0}
+        outputs = [t for i in indices for t in (int(x) for x in ops[i].outputs) if t in later]
+        outputs = list(dict.fromkeys(outputs))
+        for t in inputs:
+            if t not in owner and t not in [int(x) for x in sg.inputs]:
+                raise ValueError(f"part {p} reads tensor {t}, which neither a graph input nor an earlier part gives")
+        parts.append(_part_model(model, content, dequantize + indices, inputs, outputs, f"part{p}"))
+        described.append({"file": f"part{p}.tflite", "device": device, "ops": indices,
+                          "inputs": inputs, "outputs": outputs})
+    manifest = {
+        "format": FORMAT,
+        "inputs": [_json_detail(tensor_detail(sg, int(t))) for t in sg.inputs],
+        "outputs": [_json_detail(tensor_detail(sg, t)) for t in graph_outputs],
+        "parts": described,
+    }
+    return parts, manifest
+
+
+def _json_detail(detail):
+    return {**detail, "shape": list(detail["shape"]), "quantization": list(detail["quantization"])}
+
+
+def _part_model(model, content, indices, inputs, outputs, name):
+    """Operators `indices` of the main subgraph as a model with the given graph inputs/outputs.
+
+    Args:
+        model, content: the parsed model and its bytes.
+        indices: op indices, in execution order.
+        inputs, outputs: original tensor indices for the part's graph inputs and outputs.
+
+    Returns:
+        The part's `.tflite` bytes. Calls other subgraphs: they are all carried along,
+        at the same subgraph indices.
+    """
+    import flatbuffers
+
+    s = schema()
+    sg = model.subgraphs[0]
+    chosen = [sg.operators[i] for i in indices]
+    used = list(dict.fromkeys(int(t) for op in chosen
+                              for t in [*op.inputs, *op.outputs, *(op.intermediates or [])] if t >= 0))
+    used += [t for t in inputs + outputs if t not in used]
+    remap = {t: i for i, t in enumerate(used)}
+    buffers = [s.BufferT()]
+
+    def copy_tensor(tensor, keep_data):
+        tensor = copy.copy(tensor)
+        data = _buffer_data(model, content, tensor.buffer) if keep_data else None
+        buffer = s.BufferT()
+        if data is not None:
+            buffer.data = data
+        buffers.append(buffer)
+        tensor.buffer = len(buffers) - 1
+        return tensor
+
+    tensors = [copy_tensor(sg.tensors[t], keep_data=t not in inputs) for t in used]
+    codes, code_index, operators = [], {}, []
+    calls = False
+    for op in chosen:
+        calls = calls or op_name(model, op) in _SUBGRAPH_OPS
+        op = copy.copy(op)
+        if op.opcodeIndex not in code_index:
+            code_index[op.opcodeIndex] = len(codes)
+            codes.append(copy.copy(model.operatorCodes[op.opcodeIndex]))
+        op.opcodeIndex = code_index[op.opcodeIndex]
+        op.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
+        op.outputs = [remap[int(t)] for t in op.outputs]
+        op.intermediates = [remap[int(t)] for t in op.intermediates or []]
+        op.debugMetadataIndex = -1
+        operators.append(op)
+    subgraph = s.SubGraphT()
+    subgraph.tensors, subgraph.operators, subgraph.name = tensors, operators, name
+    subgraph.inputs = [remap[t] for t in inputs]
+    subgraph.outputs = [remap[t] for t in outputs]
+    subgraphs = [subgraph]
+    if calls:  # the called subgraphs keep their indices; their ops' codes are remapped
+        for other in model.subgraphs[1:]:
+            other = copy.copy(other)
+            other.tensors = [copy_tensor(t, keep_data=True) for t in other.tensors or []]
+            other_ops = []
+            for op in other.operators or []:
+                op = copy.copy(op)
+                if op.opcodeIndex not in code_index:
+                    code_index[op.opcodeIndex] = len(codes)
+                    codes.append(copy.copy(model.operatorCodes[op.opcodeIndex]))
+                op.opcodeIndex = code_index[op.opcodeIndex]
+                op.debugMetadataIndex = -1
+                other_ops.append(op)
+            other.operators = other_ops
+            subgraphs.append(other)
+    part = s.ModelT()
+    part.version, part.operatorCodes, part.subgraphs, part.buffers = model.version, codes, subgraphs, buffers
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(part.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def write_partitioned(folder, parts, manifest):
+    """Writes `parts` as folder/part{i}.tflite and `manifest` as folder/manifest.json.
+
+    Returns:
+        The folder's Path.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, entry in zip(parts, manifest["parts"]):
+        (folder / entry["file"]).write_bytes(part)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return folder
+
+
+def read_partitioned(folder):
+    """(parts, manifest) from a folder `write_partitioned` wrote; ValueError when it is not one."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ValueError(f"{folder}: no manifest.json; expected a folder written by write_partitioned")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}; expected {FORMAT!r}")
+    return [read_file(folder / entry["file"]) for entry in manifest["parts"]], manifest
+
+
+class PartitionedRunner:
+    """Parts of a split model run in sequence as one model, each on its manifest's device.
+
+    Args:
+        package: a folder from `write_partitioned`, or `(parts, manifest)` from `split_model`.
+        accelerator: "gpu" runs the GPU parts on LiteRT's GPU accelerator (CompiledModel) and
+            the CPU parts on the CPU interpreter (XNNPACK); "cpu" runs every part on the CPU
+            interpreter (the same values as the whole model's CPU run).
+        num_threads: CPU threads of every part.
+
+    Attributes:
+        inputs, outputs: the whole model's tensor details, in its order.
+        runners: one export.runtime.Runner per part.
+        fully_accelerated: per part, whether its accelerator ran every op (CPU parts: True).
+
+    Example:
+        >>> with PartitionedRunner("mask_rcnn_fp32.gpu", accelerator="gpu") as r:   # doctest: +SKIP
+        ...     boxes, classes, scores, masks, count = r.run(image)    # image: [1, H, W, 3]
+    """
+
+    def __init__(self, package, accelerator="gpu", num_threads=2):
+        from export.runtime.runner import Runner
+
+        if accelerator not in DEVICES:
+            raise ValueError(f"accelerator must be 'gpu' or 'cpu', got {accelerator!r}")
+        if isinstance(package, (str, Path)):
+            parts, manifest = read_partitioned(package)
+        else:
+            parts, manifest = package
+        if manifest.get("format") != FORMAT or len(parts) != len(manifest["parts"]):
+            raise ValueError(f"package: {len(parts)} part(s) for a manifest of format {manifest.get('format')!r} with "
+                             f"{len(manifest.get('parts', []))}; expected one part per manifest entry, format {FORMAT!r}")
+        self.manifest = manifest
+        self.inputs = [{**d, "shape": tuple(d["shape"]), "quantization": tuple(d["quantization"])}
+                       for d in manifest["inputs"]]
+        self.outputs = [{**d, "shape": tuple(d["shape"]), "quantization": tuple(d["quantization"])}
+                        for d in manifest["outputs"]]
+        self.runners = []
+        try:
+            for part, entry in zip(parts, manifest["parts"]):
+                device = "gpu" if accelerator == "gpu" and entry["device"] == "gpu" else "cpu"
+                self.runners.append(Runner(part, accelerator=device, num_threads=num_threads))
+        except Exception:
+            self.close()
+            raise
+        self.fully_accelerated = [r.fully_accelerated for r in self.runners]
+
+    def run(self, *arrays):
+        """Runs every part in order on `arrays` (one per model input, its shape and dtype).
+
+        Returns:
+            list of output arrays, in the whole model's output order.
+        """
+        if len(arrays) != len(self.inputs):
+            raise ValueError(f"expected {len(self.inputs)} input(s), got {len(arrays)} array(s)")
+        values = {}
+        for a, d in zip(arrays, self.inputs):
+            a = np.asarray(a)
+            if tuple(a.shape) != d["shape"] or a.dtype != np.dtype(d["dtype"]):
+                raise ValueError(f"input {d['name']!r}: got shape {list(a.shape)} dtype {a.dtype}; "
+                                 f"expected shape {list(d['shape'])} dtype {d['dtype']}")
+            values[d["index"]] = a
+        for runner, entry in zip(self.runners, self.manifest["parts"]):
+            produced = runner.run(*[values[t] for t in entry["inputs"]])
+            values.update(zip(entry["outputs"], produced))
+        return [values[d["index"]] for d in self.outputs]
+
+    def close(self):
+        """Releases every part's runtime."""
+        for runner in self.runners:
+            runner.close()
+        self.runners = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
