@@ -45,8 +45,8 @@ from export.runtime.quantization import dequantize, quantize
 from export.runtime.runner import Runner, gpu_outputs, import_backend
 
 __all__ = [
-    "SWIFTSHADER_ICD", "ModelFileError", "PartitionedRunner", "Runner", "check_model", "dequantize", "dequantized_constants", "describe", "device_plan",
-    "dtype_name", "empty_model", "enable_gpu_emulation", "gpu_outputs", "import_backend", "in_subprocess", "op_name",
-    "parse_model", "quantize", "read_metadata", "read_model", "read_partitioned",
-    "single_op_model", "split_model", "tensor_detail", "write_partitioned",
+    "ModelFileError", "PartitionedRunner", "Runner", "SWIFTSHADER_ICD", "check_model", "dequantize",
+    "dequantized_constants", "describe", "device_plan", "dtype_name", "empty_model", "enable_gpu_emulation",
+    "gpu_outputs", "import_backend", "in_subprocess", "op_name", "parse_model", "quantize", "read_metadata",
+    "read_model", "read_partitioned", "single_op_model", "split_model", "tensor_detail", "write_partitioned",
 ]
