@@ -222,18 +222,24 @@ def layer_nodes(tflite_model, layers):
     a scope part equal to its name or to its name with the "_N" suffix TensorFlow adds when a
     name repeats. A model output is named after the signature ("StatefulPartitionedCall:3"),
     not its layer: the op that writes one counts as the layers' when one of its inputs does.
+    The branches of IF and WHILE ops (other subgraphs) are searched too: a layer's control flow
+    would otherwise be quantized.
     """
     from export.runtime import parse_model
 
     pattern = re.compile(r"(^|/)(%s)(_\d+)?/" % "|".join(map(re.escape, layers)))
-    graph = parse_model(tflite_model).subgraphs[0]
-    names = [t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in graph.tensors]
-    inside = {i for i, name in enumerate(names) if pattern.search(name)}
-    outputs = set(graph.outputs)
-    for op in graph.operators:  # operators are in execution order: inputs come first
-        if any(i in inside for i in op.inputs) and all(o in outputs for o in op.outputs):
-            inside.update(op.outputs)
-    return sorted(names[i] for i in inside)
+    subgraphs = parse_model(tflite_model).subgraphs
+    found = set()
+    for index, graph in enumerate(subgraphs):  # the main graph, then the branches of its IF / WHILE ops
+        names = [t.name.decode() if isinstance(t.name, bytes) else str(t.name) for t in graph.tensors]
+        inside = {i for i, name in enumerate(names) if pattern.search(name)}
+        if index == 0:
+            outputs = set(graph.outputs)
+            for op in graph.operators:  # operators are in execution order: inputs come first
+                if any(i in inside for i in op.inputs) and all(o in outputs for o in op.outputs):
+                    inside.update(op.outputs)
+        found.update(names[i] for i in inside)
+    return sorted(found)
 
 
 def _selective_int8(converter, samples, dtype, float_ops, nodes):

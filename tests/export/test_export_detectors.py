@@ -8,6 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from export import runtime
@@ -153,6 +154,32 @@ def test_export_run_of_an_instance_run_writes_what_kseg_export_writes(tmp_path):
     assert report["images"] == 2 and report["calibration_images"] == 3
     assert report["variants"]["fp32"]["passed"] and not report["variants"]["int8"]["passed"]
     assert not (tmp_path / "refused").exists()
+
+
+class _Branching(keras.layers.Layer):
+    """x * 3 + 1 where the input's sum is positive, else x - 2: an IF op with two branch subgraphs."""
+
+    def call(self, x):
+        return tf.cond(tf.reduce_sum(x) > 0.0, lambda: x * 3.0 + 1.0, lambda: x - 2.0)
+
+
+def test_float_layers_keep_the_branches_of_their_if_ops_float():
+    # The panoptic fusion op paints each block of slots in an IF op: quantizing its branches
+    # made a trained Panoptic FPN's int8 variant write segments of category 0.
+    from export.runtime import dtype_name, op_name, parse_model
+    from export.tflite import convert_variant
+
+    image = keras.Input((8, 8, 3), batch_size=1)
+    features = keras.layers.Conv2D(4, 3, padding="same", name="body")(image)
+    model = keras.Model(image, _Branching(name="branching")(features))
+    samples = [np.random.default_rng(i).uniform(-1, 1, (1, 8, 8, 3)).astype(np.float32) for i in range(4)]
+    content = convert_variant(model, "int8", samples, int8_io="float32", float_layers=["branching"])
+    parsed = parse_model(content)
+    assert input_types(content, "CONV_2D") == {"int8"}
+    assert any(op_name(parsed, op) == "IF" for op in parsed.subgraphs[0].operators)
+    assert len(parsed.subgraphs) == 3
+    for branch in parsed.subgraphs[1:]:
+        assert {dtype_name(t.type) for t in branch.tensors} == {"float32"}, branch.name
 
 
 def test_float_layers_keep_their_ops_and_the_outputs_they_write_float():
