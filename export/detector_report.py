@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from export import runtime, tflite
+from export.runtime.partition import write_gpu_package
 from kseg.ops.checks import check_choice
 from kseg.utils import ProgressBar, atomic_write, write_json
 
@@ -31,6 +32,10 @@ DETECTOR_TOLERANCES = {
 }
 # Against the fp32 variant of the same model: reported, not failed on (latency on a shared CPU is noisy).
 DETECTOR_TARGETS = {"fp16": {"min_size_ratio": 1.9}, "int8": {"min_size_ratio": 3.0, "min_speedup": 1.5}}
+# Variants also written as a GPU package (`<name>_<variant>.gpu/`, export.runtime.partition):
+# LiteRT's GPU accelerator delegates one part of a graph, so the runs of ops between the NMS ops
+# are models of their own there, run in turn with the NMS on the CPU by PartitionedRunner.
+GPU_PACKAGE_VARIANTS = ("fp32", "fp16")
 TOLERANCE_KEYS = ("max_box_error", "min_mask_iou", "min_panoptic_agreement", "max_accuracy_drop")
 
 
@@ -181,8 +186,10 @@ def export_detector(model, output_dir, examples, categories, *, calibration=None
     """`kseg export` for a Mask R-CNN, Panoptic FPN or MaskFormer run: every requested variant and its report.
 
     Writes `<name>_<variant>.tflite`, export_report.json and export_report.md in `output_dir`
-    (atomically). Each graph is the whole inference model, NMS and (panoptic) the fusion
-    included, at batch 1 and the model's input size; float32 image in, the output dict out.
+    (atomically), and for the GPU_PACKAGE_VARIANTS of a graph with NMS its GPU package
+    `<name>_<variant>.gpu/` (parts and manifest.json, export.runtime.partition). Each graph is
+    the whole inference model, NMS and (panoptic) the fusion included, at batch 1 and the
+    model's input size; float32 image in, the output dict out.
 
     Args:
         model: the Keras detector.
@@ -203,8 +210,10 @@ def export_detector(model, output_dir, examples, categories, *, calibration=None
     Returns:
         {"model", "task", "image_size", "metric", "keras_accuracy", "images",
         "calibration_images", "tolerances", "targets", "variants": {variant: {"file",
-        "size_bytes", "size_ratio_vs_fp32", "ops", "cpu", "speedup_vs_fp32", "accuracy",
-        "accuracy_drop", "parity", "targets_missed", "failures", "passed"}}, "passed"}.
+        "size_bytes", "size_ratio_vs_fp32", "ops", "gpu_package" (fp32, fp16:
+        export.runtime.partition.write_gpu_package's summary, None for one part), "cpu",
+        "speedup_vs_fp32", "accuracy", "accuracy_drop", "parity", "targets_missed", "failures",
+        "passed"}}, "passed"}.
     """
     for variant in variants:
         check_choice("variants", variant, tflite.VARIANTS)
@@ -243,6 +252,8 @@ def export_detector(model, output_dir, examples, categories, *, calibration=None
             f.write(content)
         entry = {"file": str(path), "size_bytes": len(content), "ops": tflite.op_counts(content),
                  "convert_seconds": round(convert_seconds, 1), "metric": report["metric"]}
+        if variant in GPU_PACKAGE_VARIANTS:  # the GPU network and the CPU's NMS as parts run as one
+            entry["gpu_package"] = write_gpu_package(content, output_dir / f"{name}_{variant}.gpu")
         if variant == "int8":  # what stays float, and why: tflite.DETECTOR_FLOAT_*
             entry["kept_float"] = {
                 "ops": list(tflite.DETECTOR_FLOAT_OPS if float_ops is None else float_ops),

@@ -237,15 +237,39 @@ def _part_model(model, content, indices, inputs, outputs, name):
 def write_partitioned(folder, parts, manifest):
     """Writes `parts` as folder/part{i}.tflite and `manifest` as folder/manifest.json.
 
+    Part files of an earlier package in `folder` are removed first.
+
     Returns:
         The folder's Path.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("part*.tflite"):
+        old.unlink()
     for part, entry in zip(parts, manifest["parts"]):
         (folder / entry["file"]).write_bytes(part)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return folder
+
+
+def write_gpu_package(content, folder, cpu_ops=("NON_MAX_SUPPRESSION_V4",)):
+    """A model's GPU package: its GPU parts and CPU parts (`cpu_ops`, ops calling subgraphs) in `folder`.
+
+    Args:
+        content: the `.tflite` bytes.
+        folder: where `write_partitioned` writes the parts and manifest.json.
+        cpu_ops: op names left to the CPU (`device_plan`).
+
+    Returns:
+        {"folder": the folder's name, "parts": [{"device", "ops"}] (ops: count), "crossings"},
+        or None (nothing written) when the whole model is one part.
+    """
+    parts, manifest = split_model(content, device_plan(check_model(bytes(content)), cpu_ops=cpu_ops))
+    if len(parts) < 2:
+        return None
+    write_partitioned(folder, parts, manifest)
+    return {"folder": Path(folder).name, "parts": [{"device": p["device"], "ops": len(p["ops"])} for p in manifest["parts"]],
+            "crossings": len(parts) - 1}
 
 
 def read_partitioned(folder):
