@@ -51,7 +51,7 @@ def folded_dequantize_ops(model, content):
     return folded
 
 
-def device_plan(model, support=None, cpu_ops=("NON_MAX_SUPPRESSION_V4",)):
+def device_plan(model, support=None, cpu_ops=("NON_MAX_SUPPRESSION_V4",), min_gpu_run=1):
     """The device of each operator of the main subgraph: "cpu" or "gpu".
 
     Args:
@@ -59,6 +59,8 @@ def device_plan(model, support=None, cpu_ops=("NON_MAX_SUPPRESSION_V4",)):
         support: optional `export.delegation.gpu_op_support` verdicts (one per op, in order);
             an op whose "gpu" is not True runs on the CPU.
         cpu_ops: op names that run on the CPU whatever `support` says.
+        min_gpu_run: a run of fewer GPU ops than this between CPU ops (or the graph's ends)
+            goes to the CPU too: a GPU part costs a round trip to the accelerator.
 
     Returns:
         list of "cpu" / "gpu", one per operator. Ops calling subgraphs are always "cpu".
@@ -71,6 +73,12 @@ def device_plan(model, support=None, cpu_ops=("NON_MAX_SUPPRESSION_V4",)):
         name = op_name(model, op)
         gpu = name not in set(cpu_ops) and name not in _SUBGRAPH_OPS and (support is None or support[i]["gpu"] is True)
         plan.append("gpu" if gpu else "cpu")
+    start = 0
+    for i in range(len(plan) + 1):
+        if i == len(plan) or plan[i] == "cpu":
+            if i - start < int(min_gpu_run):
+                plan[start:i] = ["cpu"] * (i - start)
+            start = i + 1
     return plan
 
 
@@ -252,19 +260,20 @@ def write_partitioned(folder, parts, manifest):
     return folder
 
 
-def write_gpu_package(content, folder, cpu_ops=("NON_MAX_SUPPRESSION_V4",)):
+def write_gpu_package(content, folder, cpu_ops=("NON_MAX_SUPPRESSION_V4",), min_gpu_run=8):
     """A model's GPU package: its GPU parts and CPU parts (`cpu_ops`, ops calling subgraphs) in `folder`.
 
     Args:
         content: the `.tflite` bytes.
         folder: where `write_partitioned` writes the parts and manifest.json.
-        cpu_ops: op names left to the CPU (`device_plan`).
+        cpu_ops, min_gpu_run: what runs on the CPU (`device_plan`).
 
     Returns:
         {"folder": the folder's name, "parts": [{"device", "ops"}] (ops: count), "crossings"},
         or None (nothing written) when the whole model is one part.
     """
-    parts, manifest = split_model(content, device_plan(check_model(bytes(content)), cpu_ops=cpu_ops))
+    parts, manifest = split_model(content, device_plan(check_model(bytes(content)), cpu_ops=cpu_ops,
+                                                           min_gpu_run=min_gpu_run))
     if len(parts) < 2:
         return None
     write_partitioned(folder, parts, manifest)

@@ -117,6 +117,7 @@ def test_an_if_op_makes_a_cpu_part_carrying_its_branches(tmp_path):
     plan = device_plan(model)
     names = [runtime.op_name(model, op) for op in model.subgraphs[0].operators]
     assert "IF" in names and plan[names.index("IF")] == "cpu"
+    assert device_plan(model, min_gpu_run=len(names)) == ["cpu"] * len(names)  # no GPU run long enough
     with pytest.raises(ValueError, match=r"operator \d+ \(IF\) calls other subgraphs.*expected 'cpu'"):
         split_model(content, ["gpu"] * len(names))
     parts, manifest = split_model(content, plan)
