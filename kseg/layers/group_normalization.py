@@ -47,7 +47,8 @@ class GroupNormalization(keras.layers.GroupNormalization):
         # As in Keras' layer: statistics in float32 even under mixed precision.
         x = ops.cast(inputs, "float32")
         mean = self._group_mean(ops.mean(x, axis=(1, 2), keepdims=True))  # [B, 1, 1, C]
-        variance = self._group_mean(ops.mean(ops.square(x - mean), axis=(1, 2), keepdims=True))
+        centred = x - mean  # SUB and MUL, which XNNPACK runs in int8 too (not SQUARED_DIFFERENCE)
+        variance = self._group_mean(ops.mean(centred * centred, axis=(1, 2), keepdims=True))
         inv = ops.rsqrt(variance + self.epsilon)
         if self.scale:
             inv = inv * ops.cast(ops.reshape(self.gamma, (1, 1, 1, channels)), "float32")
