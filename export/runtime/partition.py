@@ -16,11 +16,13 @@ earlier parts and whose outputs are those later parts or the graph outputs read.
 with every part that reads them. In an fp16 file the DEQUANTIZE of float16 weights is copied
 into each part reading its output (the GPU accelerator folds it into that op). An op calling
 other subgraphs (IF, WHILE, CALL_ONCE) makes its part a CPU part that carries every subgraph.
+`write_gpu_package` is what `kseg export` writes beside a detector's fp32 / fp16 `.tflite`.
 
 The manifest (JSON-ready dict):
     format    "kseg.partitioned/1"
     inputs, outputs   the whole model's tensor details (export.runtime), in its order
-    parts     list of {"file", "device": "gpu" | "cpu", "ops": [original op indices],
+    parts     list of {"file", "device": "gpu" | "cpu", "ops": [original op indices, the
+              folded DEQUANTIZE ops left out],
               "inputs": [original tensor indices], "outputs": [original tensor indices]}
 Tensors are named by their index in the original main subgraph.
 """
@@ -67,7 +69,8 @@ def device_plan(model, support=None, cpu_ops=("NON_MAX_SUPPRESSION_V4",), min_gp
     """
     ops = model.subgraphs[0].operators or []
     if support is not None and len(support) != len(ops):
-        raise ValueError(f"support: {len(support)} verdicts for a model of {len(ops)} operators; expected one per operator")
+        raise ValueError(f"support: {len(support)} verdicts for a model of {len(ops)} operators; "
+                         "expected one per operator")
     plan = []
     for i, op in enumerate(ops):
         name = op_name(model, op)
@@ -277,8 +280,8 @@ def write_gpu_package(content, folder, cpu_ops=("NON_MAX_SUPPRESSION_V4",), min_
     if len(parts) < 2:
         return None
     write_partitioned(folder, parts, manifest)
-    return {"folder": Path(folder).name, "parts": [{"device": p["device"], "ops": len(p["ops"])} for p in manifest["parts"]],
-            "crossings": len(parts) - 1}
+    summary = [{"device": p["device"], "ops": len(p["ops"])} for p in manifest["parts"]]
+    return {"folder": Path(folder).name, "parts": summary, "crossings": len(parts) - 1}
 
 
 def read_partitioned(folder):
@@ -323,8 +326,9 @@ class PartitionedRunner:
         else:
             parts, manifest = package
         if manifest.get("format") != FORMAT or len(parts) != len(manifest["parts"]):
-            raise ValueError(f"package: {len(parts)} part(s) for a manifest of format {manifest.get('format')!r} with "
-                             f"{len(manifest.get('parts', []))}; expected one part per manifest entry, format {FORMAT!r}")
+            raise ValueError(f"package: {len(parts)} part(s) for a manifest of format {manifest.get('format')!r} "
+                             f"with {len(manifest.get('parts', []))}; expected one part per manifest entry, "
+                             f"format {FORMAT!r}")
         self.manifest = manifest
         self.inputs = [{**d, "shape": tuple(d["shape"]), "quantization": tuple(d["quantization"])}
                        for d in manifest["inputs"]]
