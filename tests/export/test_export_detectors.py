@@ -4,6 +4,7 @@ flag (and `kseg export`'s exit status) for a variant that misses its bound; `exp
 instance run folder writes what `kseg export` writes."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -79,6 +80,14 @@ def test_mask_rcnn_exports_every_variant_with_builtin_ops(mask_rcnn_report):
     fp32 = mask_rcnn_report["variants"]["fp32"]
     assert fp32["passed"], fp32["failures"]
     assert fp32["parity"]["detections"] > 0 and fp32["parity"]["max_box_error"] <= 1e-3
+    # Beside fp32 and fp16: the GPU package, the runs of ops between the two NMS ops as GPU parts.
+    for variant in ("fp32", "fp16"):
+        package = mask_rcnn_report["variants"][variant]["gpu_package"]
+        assert [p["device"] for p in package["parts"]] == ["gpu", "cpu", "gpu", "cpu", "gpu"]
+        assert package["crossings"] == 4 and package["folder"] == f"mask_rcnn_{variant}.gpu"
+        folder = Path(mask_rcnn_report["variants"][variant]["file"]).parent / package["folder"]
+        assert len(runtime.read_partitioned(folder)[0]) == 5
+    assert "gpu_package" not in mask_rcnn_report["variants"]["int8"]
 
 
 def test_a_variant_that_misses_its_bound_is_flagged(mask_rcnn_report):
