@@ -16,17 +16,13 @@ from export import runtime
 FOLDED = "float16 weights, folded into the ops that read them"
 
 
-def _signature(model, op, folded):
+def _signature(model, content, op, folded):
     """What decides a verdict: op type, and each tensor's shape, dtype and whether it is constant."""
     sg = model.subgraphs[0]
 
-    def constant(t):
-        buffer = model.buffers[sg.tensors[t].buffer]
-        return t in folded or (buffer.data is not None and len(buffer.data) > 0) or bool(buffer.offset)
-
     def tensors(indices):
         return tuple((tuple(sg.tensors[t].shape if sg.tensors[t].shape is not None else ()), int(sg.tensors[t].type),
-                      constant(t)) for t in indices if t >= 0)
+                      t in folded or runtime.is_constant(model, content, t)) for t in indices if t >= 0)
 
     return runtime.op_name(model, op), tensors(op.inputs), tensors(op.outputs)
 
@@ -51,7 +47,7 @@ def gpu_op_support(model):
         if op.outputs is not None and len(op.outputs) and int(op.outputs[0]) in folded:
             results.append({"index": index, "op": runtime.op_name(parsed, op), "gpu": True, "reason": FOLDED})
             continue
-        key = _signature(parsed, op, folded)
+        key = _signature(parsed, content, op, folded)
         if key not in verdicts:
             try:
                 single, _ = runtime.single_op_model(parsed, content, index, constants=folded)

@@ -21,8 +21,8 @@ Modules:
     model_file     read_model, check_model, parse_model: reading and verifying a file;
                    op_name, dtype_name, tensor_detail of a parsed model
     model_info     describe: tensors, op counts, FLOPs and metadata, without running
-    op_surgery     single_op_model, empty_model: new models cut from a parsed one;
-                   dequantized_constants: an fp16 file's weights as float32
+    op_surgery     sub_model, single_op_model, empty_model: new models cut from a parsed one;
+                   is_constant, folded_dequantize_ops, dequantized_constants: its weights
     gpu_emulation  enable_gpu_emulation: SwiftShader for the GPU accelerator
     quantization   quantize, dequantize
     runner         Runner (Interpreter or CompiledModel, CPU or GPU), gpu_outputs
@@ -37,7 +37,9 @@ from export.runtime.model_file import (
     ModelFileError, check_model, dtype_name, op_name, parse_model, read_model, tensor_detail,
 )
 from export.runtime.model_info import describe, read_metadata
-from export.runtime.op_surgery import dequantized_constants, empty_model, single_op_model
+from export.runtime.op_surgery import (
+    dequantized_constants, empty_model, folded_dequantize_ops, is_constant, single_op_model, sub_model,
+)
 from export.runtime.partition import (
     PartitionedRunner, device_plan, read_partitioned, split_model, write_partitioned,
 )
@@ -47,6 +49,7 @@ from export.runtime.runner import Runner, gpu_outputs, import_backend
 __all__ = [
     "ModelFileError", "PartitionedRunner", "Runner", "SWIFTSHADER_ICD", "check_model", "dequantize",
     "dequantized_constants", "describe", "device_plan", "dtype_name", "empty_model", "enable_gpu_emulation",
-    "gpu_outputs", "import_backend", "in_subprocess", "op_name", "parse_model", "quantize", "read_metadata",
-    "read_model", "read_partitioned", "single_op_model", "split_model", "tensor_detail", "write_partitioned",
+    "folded_dequantize_ops", "gpu_outputs", "import_backend", "in_subprocess", "is_constant", "op_name",
+    "parse_model", "quantize", "read_metadata", "read_model", "read_partitioned", "single_op_model",
+    "split_model", "sub_model", "tensor_detail", "write_partitioned",
 ]

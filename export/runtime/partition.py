@@ -27,30 +27,16 @@ The manifest (JSON-ready dict):
 Tensors are named by their index in the original main subgraph.
 """
 
-import copy
 import json
 from pathlib import Path
 
 import numpy as np
 
-from export.runtime.model_file import check_model, op_name, read_file, schema, tensor_detail
-from export.runtime.op_surgery import _SUBGRAPH_OPS, _buffer_data
+from export.runtime.model_file import check_model, op_name, read_file, tensor_detail
+from export.runtime.op_surgery import _SUBGRAPH_OPS, folded_dequantize_ops, is_constant, sub_model
 
 FORMAT = "kseg.partitioned/1"
 DEVICES = ("gpu", "cpu")
-
-
-def folded_dequantize_ops(model, content):
-    """Indices of the main subgraph's DEQUANTIZE ops that read float16 constants (fp16 weights)."""
-    s = schema()
-    sg = model.subgraphs[0]
-    folded = set()
-    for i, op in enumerate(sg.operators or []):
-        if op_name(model, op) == "DEQUANTIZE":
-            source = sg.tensors[op.inputs[0]]
-            if source.type == s.TensorType.FLOAT16 and _buffer_data(model, content, source.buffer) is not None:
-                folded.add(i)
-    return folded
 
 
 def device_plan(model, support=None, cpu_ops=("NON_MAX_SUPPRESSION_V4",), min_gpu_run=1):
@@ -83,10 +69,6 @@ def device_plan(model, support=None, cpu_ops=("NON_MAX_SUPPRESSION_V4",), min_gp
                 plan[start:i] = ["cpu"] * (i - start)
             start = i + 1
     return plan
-
-
-def _is_constant(model, content, sg, t):
-    return _buffer_data(model, content, sg.tensors[t].buffer) is not None
 
 
 def _runs(plan, skip):
@@ -146,7 +128,7 @@ def split_model(content, plan):
         read = list(dict.fromkeys(int(t) for i in indices for t in ops[i].inputs if t >= 0))
         dequantize = sorted({folded_by_output[t] for t in read if t in folded_by_output})
         inputs = [t for t in read if t not in produced and t not in folded_by_output
-                  and not _is_constant(model, content, sg, t)]
+                  and not is_constant(model, content, t)]
         later = set(graph_outputs) | {int(t) for q in range(p + 1, len(runs)) for i in runs[q][1]
                                       for t in ops[i].inputs if t >= 0}
         outputs = [t for i in indices for t in (int(x) for x in ops[i].outputs) if t in later]
@@ -154,7 +136,7 @@ def split_model(content, plan):
         for t in inputs:
             if t not in owner and t not in [int(x) for x in sg.inputs]:
                 raise ValueError(f"part {p} reads tensor {t}, which neither a graph input nor an earlier part gives")
-        parts.append(_part_model(model, content, dequantize + indices, inputs, outputs, f"part{p}"))
+        parts.append(sub_model(model, content, dequantize + indices, inputs, outputs, f"part{p}"))
         described.append({"file": f"part{p}.tflite", "device": device, "ops": indices,
                           "inputs": inputs, "outputs": outputs})
     manifest = {
@@ -168,81 +150,6 @@ def split_model(content, plan):
 
 def _json_detail(detail):
     return {**detail, "shape": list(detail["shape"]), "quantization": list(detail["quantization"])}
-
-
-def _part_model(model, content, indices, inputs, outputs, name):
-    """Operators `indices` of the main subgraph as a model with the given graph inputs/outputs.
-
-    Args:
-        model, content: the parsed model and its bytes.
-        indices: op indices, in execution order.
-        inputs, outputs: original tensor indices for the part's graph inputs and outputs.
-
-    Returns:
-        The part's `.tflite` bytes. Calls other subgraphs: they are all carried along,
-        at the same subgraph indices.
-    """
-    import flatbuffers
-
-    s = schema()
-    sg = model.subgraphs[0]
-    chosen = [sg.operators[i] for i in indices]
-    used = list(dict.fromkeys(int(t) for op in chosen
-                              for t in [*op.inputs, *op.outputs, *(op.intermediates or [])] if t >= 0))
-    used += [t for t in inputs + outputs if t not in used]
-    remap = {t: i for i, t in enumerate(used)}
-    buffers = [s.BufferT()]
-
-    def copy_tensor(tensor, keep_data):
-        tensor = copy.copy(tensor)
-        data = _buffer_data(model, content, tensor.buffer) if keep_data else None
-        buffer = s.BufferT()
-        if data is not None:
-            buffer.data = data
-        buffers.append(buffer)
-        tensor.buffer = len(buffers) - 1
-        return tensor
-
-    tensors = [copy_tensor(sg.tensors[t], keep_data=t not in inputs) for t in used]
-    codes, code_index, operators = [], {}, []
-    calls = False
-    for op in chosen:
-        calls = calls or op_name(model, op) in _SUBGRAPH_OPS
-        op = copy.copy(op)
-        if op.opcodeIndex not in code_index:
-            code_index[op.opcodeIndex] = len(codes)
-            codes.append(copy.copy(model.operatorCodes[op.opcodeIndex]))
-        op.opcodeIndex = code_index[op.opcodeIndex]
-        op.inputs = [remap[int(t)] if t >= 0 else -1 for t in op.inputs]
-        op.outputs = [remap[int(t)] for t in op.outputs]
-        op.intermediates = [remap[int(t)] for t in op.intermediates or []]
-        op.debugMetadataIndex = -1
-        operators.append(op)
-    subgraph = s.SubGraphT()
-    subgraph.tensors, subgraph.operators, subgraph.name = tensors, operators, name
-    subgraph.inputs = [remap[t] for t in inputs]
-    subgraph.outputs = [remap[t] for t in outputs]
-    subgraphs = [subgraph]
-    if calls:  # the called subgraphs keep their indices; their ops' codes are remapped
-        for other in model.subgraphs[1:]:
-            other = copy.copy(other)
-            other.tensors = [copy_tensor(t, keep_data=True) for t in other.tensors or []]
-            other_ops = []
-            for op in other.operators or []:
-                op = copy.copy(op)
-                if op.opcodeIndex not in code_index:
-                    code_index[op.opcodeIndex] = len(codes)
-                    codes.append(copy.copy(model.operatorCodes[op.opcodeIndex]))
-                op.opcodeIndex = code_index[op.opcodeIndex]
-                op.debugMetadataIndex = -1
-                other_ops.append(op)
-            other.operators = other_ops
-            subgraphs.append(other)
-    part = s.ModelT()
-    part.version, part.operatorCodes, part.subgraphs, part.buffers = model.version, codes, subgraphs, buffers
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(part.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
 
 
 def write_partitioned(folder, parts, manifest):
