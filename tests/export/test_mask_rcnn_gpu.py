@@ -1,13 +1,11 @@
 """Mask R-CNN on LiteRT's GPU accelerator: only its two NMS ops stay on the CPU, and every GPU
 part of the graph gives the CPU's values."""
 
-import copy
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import flatbuffers
 import keras
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ from ai_edge_litert.interpreter import Interpreter
 
 from export import runtime
 from export.delegation import gpu_op_support, gpu_summary
-from export.runtime.model_file import schema
 from export.tflite import detector_tflite
 from kseg.models import build_model
 
@@ -69,50 +66,6 @@ def _refused_by_the_delegate(log):
     return refused
 
 
-def _part_model(model, content, ops):
-    """The operators `ops` (a run of the main subgraph) as a model of their own: (bytes, input
-    tensor ids, output tensor ids) in the original model's numbering."""
-    s, graph = schema(), model.subgraphs[0]
-    chosen = [graph.operators[i] for i in ops]
-    produced = {t for op in chosen for t in op.outputs}
-    read_elsewhere = set(graph.outputs) | {t for i, op in enumerate(graph.operators) if i not in ops
-                                            for t in op.inputs if t >= 0}
-    ids = list(dict.fromkeys(t for op in chosen for t in [*op.inputs, *op.outputs] if t >= 0))
-    remap = {t: i for i, t in enumerate(ids)}
-    buffers, tensors, inputs = [s.BufferT()], [], []
-    for t in ids:
-        tensor, buffer = copy.copy(graph.tensors[t]), s.BufferT()
-        source = model.buffers[tensor.buffer]
-        if source.offset and source.offset > 1:  # weights stored after the flatbuffer
-            buffer.data = np.frombuffer(content[source.offset:source.offset + source.size], np.uint8)
-        elif source.data is not None and len(source.data):
-            buffer.data = source.data
-        elif t not in produced:
-            inputs.append(t)
-        buffers.append(buffer)
-        tensor.buffer = len(buffers) - 1
-        tensors.append(tensor)
-    outputs = [t for t in ids if t in produced and t in read_elsewhere]
-    codes, operators = [], []
-    for op in chosen:
-        op = copy.copy(op)
-        code = copy.copy(model.operatorCodes[op.opcodeIndex])
-        op.opcodeIndex = len(codes)
-        codes.append(code)
-        op.inputs = [remap[t] if t >= 0 else -1 for t in op.inputs]
-        op.outputs = [remap[t] for t in op.outputs]
-        op.intermediates = [remap[t] for t in op.intermediates or []]
-        operators.append(op)
-    subgraph = s.SubGraphT()
-    subgraph.tensors, subgraph.operators = tensors, operators
-    subgraph.inputs, subgraph.outputs = [remap[t] for t in inputs], [remap[t] for t in outputs]
-    part = s.ModelT()
-    part.version, part.operatorCodes, part.subgraphs, part.buffers = model.version, codes, [subgraph], buffers
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(part.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), inputs, outputs
-
-
 def _ranked_boxes(outputs):
     """(index of boxes [N, 4], index of their scores [N]) among a part's outputs, or None: the
     top-k candidates a part hands to an NMS op."""
@@ -155,7 +108,8 @@ def test_small_mask_rcnn_fp32_leaves_only_the_two_nms_ops_on_the_cpu(tmp_path):
     assert summary["crossings"] == 4
     assert summary["gpu_ops"] == summary["ops"] - 2
 
-    # The CPU's values of every tensor, and the runs of GPU ops between the NMS ops as models.
+    # The CPU's values of every tensor, and the runs of GPU ops between the NMS ops as models
+    # (export.runtime.split_model's GPU parts).
     image = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
     np.save(tmp_path / "image.npy", image)
     interpreter = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True)
@@ -164,13 +118,13 @@ def test_small_mask_rcnn_fp32_leaves_only_the_two_nms_ops_on_the_cpu(tmp_path):
     interpreter.invoke()
     content = path.read_bytes()
     parsed = runtime.parse_model(content)
-    cuts = [r["index"] for r in support if r["gpu"] is not True]
-    runs = [range(a + 1, b) for a, b in zip([-1, *cuts], [*cuts, len(support)])]
-    for p, ops in enumerate(runs):
-        part, inputs, outputs = _part_model(parsed, content, ops)
+    parts, manifest = runtime.split_model(content, runtime.device_plan(parsed, support))
+    runs = [(part, entry) for part, entry in zip(parts, manifest["parts"]) if entry["device"] == "gpu"]
+    for p, (part, entry) in enumerate(runs):
         Path(f"{path}.part{p}.tflite").write_bytes(part)
-        np.savez(f"{path}.part{p}.npz", **{f"in_{i}": interpreter.get_tensor(t) for i, t in enumerate(inputs)},
-                 **{f"out_{i}": interpreter.get_tensor(t) for i, t in enumerate(outputs)})
+        np.savez(f"{path}.part{p}.npz",
+                 **{f"in_{i}": interpreter.get_tensor(t) for i, t in enumerate(entry["inputs"])},
+                 **{f"out_{i}": interpreter.get_tensor(t) for i, t in enumerate(entry["outputs"])})
 
     done = subprocess.run(
         [sys.executable, "-c", _RUN_ON_GPU, str(path), str(tmp_path / "image.npy"), str(len(runs)),
