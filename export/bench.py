@@ -2,7 +2,12 @@
 
     python -m export.bench unet.tflite unet_int8.tflite --threads 1 2 --gpu \\
         --json bench.json --csv bench.csv --chart bench.png --profile
+    kseg bench RUN/export/mask_rcnn_fp32.tflite RUN/export/mask_rcnn_fp32.gpu --gpu
     kseg bench ...                                   (the same flags)
+
+A model is a `.tflite` file or a detector's GPU package, the `NAME_VARIANT.gpu/` folder `kseg
+export` writes beside it (export.runtime.partition): its parts run in turn as one model, the
+GPU parts on the GPU accelerator in a --gpu row and on the CPU in a CPU row.
 
 Every (model, backend, threads) configuration runs in its own spawned child process, so a
 crash in a native runtime loses one row, not the run, and each row gets its own peak RSS.
@@ -41,7 +46,8 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "add_arguments", "main", 
 
 def add_arguments(parser):
     """Adds the benchmark's flags to an argparse parser (`python -m export.bench`, `kseg bench`)."""
-    parser.add_argument("models", nargs="+", metavar="MODEL.tflite", help="one or more .tflite files, compared side by side")
+    parser.add_argument("models", nargs="+", metavar="MODEL.tflite",
+                        help="one or more .tflite files or GPU package folders (NAME.gpu), compared side by side")
     parser.add_argument("--threads", type=int, nargs="+", default=[2], metavar="N", help="CPU thread counts (default: 2)")
     add_runtime_flag(parser)
     parser.add_argument("--gpu", action="store_true", help="also run LiteRT's GPU accelerator (SwiftShader when no GPU)")
@@ -147,8 +153,10 @@ def _plan(args):
 
     models, names = [], _short_names(args.models)
     for path, name in zip(args.models, names):
-        content = runtime.read_model(path)
-        model = {"name": name, "path": str(path), **runtime.describe(content, name=str(path))}
+        model = {"name": name, "path": str(path), **runtime.describe_path(path)}
+        if args.profile and model["package"]:
+            raise InputError(f"{path}: a GPU package; --profile times the ops of one .tflite file (give the file "
+                             "the package was cut from)")
         detail, _ = image_input(model)
         try:
             model["normalization"] = normalization(model["metadata"], detail["shape"][3] if detail else None)

@@ -43,8 +43,12 @@ def format_report(report):
     for m in report["models"]:
         (inp,) = m["inputs"][:1] or [None]
         spec = f"input {list(inp['shape'])} {inp['dtype']}" if inp else "no inputs"
+        package = m.get("package")
+        parts = "" if not package else (
+            f", GPU package of {len(package['parts'])} parts ("
+            + " ".join(f"{p['device']}:{p['ops']}" for p in package["parts"]) + f"), {package['crossings']} crossings")
         out.append(f"{m['name']}: {m['size_bytes'] / 1024:.1f} KiB, {m['num_ops']} ops, "
-                   f"{m['flops']['total'] / 1e9:.3f} GFLOP (conv/matmul), {spec}")
+                   f"{m['flops']['total'] / 1e9:.3f} GFLOP (conv/matmul), {spec}{parts}")
     columns = ["model", "config", "full", "init ms", "first ms", "mean", "std", "p50", "p90", "p99", "FPS",
                "e2e mean", "RSS pre-model MB", "peak RSS MB"]
     rows = []

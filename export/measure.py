@@ -95,8 +95,8 @@ def measure(config):
     rss_start = _rss_mb()
     runtime.import_backend(config["runtime"])
     rss_before = _rss_mb()  # LiteRT's libraries are loaded: what follows is the model's
-    runner = runtime.Runner(config["path"], accelerator=config["backend"], num_threads=config["threads"],
-                            runtime=config["runtime"])
+    runner = runtime.open_model(config["path"], accelerator=config["backend"], num_threads=config["threads"],
+                                runtime=config["runtime"])
     runner.set_inputs(*config["arrays"])
     # The GPU accelerator's run returns before the GPU finishes; reading the outputs waits.
     sync = config["backend"] == "gpu"

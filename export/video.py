@@ -3,6 +3,7 @@
     kseg demo-video --model unet.tflite --input clip.mp4 --output out.mp4 --effect blur
     kseg demo-video --model unet.tflite --input 0 --output webcam.y4m --max-frames 300
     kseg demo-video --model RUN/export/mask_rcnn_int8.tflite --input clip.mp4 --output out.mp4
+    kseg demo-video --model RUN/export/mask_rcnn_fp16.gpu --gpu --input clip.mp4 --output out.mp4
     python -m export.video ...                         (the same flags)
 
 LiteRT only, like export.bench: no TensorFlow, no Keras. YUV4MPEG2 (.y4m) files are read and
@@ -19,7 +20,9 @@ A kseg detector (Mask R-CNN, Panoptic FPN, MaskFormer; any exported variant) is 
 export.video_detections instead: instances (each detection's mask in its own colour, with its
 box and label; the default for Mask R-CNN) or panoptic (stuff by category, things by instance,
 outlined; the default for Panoptic FPN and MaskFormer), with class names from --labels or the
-run's categories beside the model.
+run's categories beside the model. --model also takes a detector's GPU package (the
+`NAME_VARIANT.gpu/` folder `kseg export` writes): its parts run in turn as one model, and with
+--gpu its GPU parts run on LiteRT's GPU accelerator (SwiftShader where there is no GPU).
 
 Exit codes: 0 done; 1 the --json file could not be written; 2 bad input (model, video,
 flags), reported as one line; 130 interrupted (the output is not written).
@@ -46,7 +49,6 @@ from export.measure import describe_machine, summarize
 from export.video_detections import (
     DETECTOR_EFFECTS, INSTANCE_OUTPUTS, PANOPTIC_OUTPUTS, SCORE_THRESHOLD, check_shapes, detector_effects,
     draw_instances, draw_panoptic, instances_at, named_outputs, object_count, panoptic_at, read_categories,
-    signature_outputs,
 )
 from export.video_io import X264_CONTAINERS, ffmpeg_binary, is_webcam, open_video, open_writer, write_y4m
 
@@ -59,7 +61,8 @@ STAGES = ("decode", "preprocess", "inference", "postprocess", "effect", "encode"
 def add_arguments(parser):
     """Adds demo-video's flags to an argparse parser (`python -m export.video`, `kseg demo-video`)."""
     parser.add_argument("--model", required=True, metavar="MODEL.tflite",
-                        help="an exported kseg segmenter or detector (Mask R-CNN, Panoptic FPN, MaskFormer)")
+                        help="an exported kseg segmenter or detector (Mask R-CNN, Panoptic FPN, MaskFormer), or a "
+                        "detector's GPU package folder (NAME.gpu)")
     parser.add_argument("--input", required=True, metavar="FILE|0",
                         help="a video file (.y4m natively, others with ffmpeg) or a webcam: 0, 1, ... or /dev/videoN")
     parser.add_argument("--output", required=True, metavar="OUT.y4m|OUT.mp4",
@@ -76,6 +79,8 @@ def add_arguments(parser):
                         help="for --effect replace: a colour (#00b140, 0,177,64, green) or an image file (default green)")
     parser.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads for LiteRT (default: 2)")
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    parser.add_argument("--gpu", action="store_true",
+                        help="run on LiteRT's GPU accelerator (a package: its GPU parts), with CPU fallback")
     add_runtime_flag(parser)
     parser.add_argument("--json", metavar="FILE", help="write the timings as JSON")
     parser.add_argument("--timings", metavar="FILE.csv",
@@ -128,15 +133,14 @@ def _plan(args):
     if not is_webcam(args.input) and Path(args.input).resolve() == Path(args.output).resolve():
         raise InputError(f"--output {args.output}: is the --input file; expected another file name")
     try:
-        content = runtime.read_model(args.model)
+        model = runtime.describe_path(args.model)
     except runtime.ModelFileError as e:
         raise InputError(f"--model {e}") from None
-    model = runtime.describe(content)
     detail, why = image_input(model)
     if detail is None:
         raise InputError(f"--model {args.model}: {why}; expected one image input [1, H, W, C]")
     metadata = model["metadata"] or {}
-    detector = _detector_plan(args, content, model, detail)
+    detector = _detector_plan(args, model, detail)
     if detector is not None:
         effect, num_classes = detector["effect"], None
     else:
@@ -163,7 +167,10 @@ def _plan(args):
             from PIL import Image
 
             background = np.asarray(Image.fromarray(background).resize((reader.width, reader.height), Image.BILINEAR))
-        runner = runtime.Runner(content, num_threads=args.threads, runtime=args.runtime)
+        if getattr(args, "gpu", False):  # a Namespace built without add_arguments may lack it
+            runtime.enable_gpu_emulation()
+        runner = runtime.open_model(args.model, accelerator="gpu" if getattr(args, "gpu", False) else "cpu",
+                                    num_threads=args.threads, runtime=args.runtime)
     except BaseException:
         reader.close()
         raise
@@ -171,9 +178,12 @@ def _plan(args):
             "background": background, "reader": reader, "runner": runner, "detector": detector}
 
 
-def _detector_plan(args, content, model, detail):
+def _detector_plan(args, model, detail):
     """What drawing a kseg detector takes (its effect, output names, categories), or None for a segmenter."""
-    indices = signature_outputs(content, f"--model {args.model}")
+    if model["signatures"] > 1:
+        raise InputError(f"--model {args.model}: {model['signatures']} signatures; expected one (a model exported "
+                         "at batch 1)")
+    indices = model["signature_outputs"]
     supported = detector_effects(indices, f"--model {args.model}")
     if not supported:
         return None
@@ -325,6 +335,8 @@ def _process(plan, args):
     n = writer.count
     result = {"tool": "export.video", "model": args.model, "input": args.input, "output": args.output,
             "effect": plan["effect"], "runtime": args.runtime, "threads": args.threads, "frames": n,
+            "accelerator": runner.accelerator, "fully_accelerated": runner.fully_accelerated,
+            "package": plan["model"]["package"],
             "video_size": [reader.width, reader.height], "video_fps": float(reader.fps),
             "model_input": {"shape": list(detail["shape"]), "dtype": detail["dtype"]},
             "inference_median_ms": stages["inference"]["p50_ms"], "inference_p90_ms": stages["inference"]["p90_ms"],
@@ -345,7 +357,7 @@ def format_summary(result):
     lines = [f"{result['frames']} frames of {width}x{height} from {result['input']} -> {result['output']} "
              f"(effect {result['effect']})",
              f"model {result['model']}: input {h}x{w}x{c} {result['model_input']['dtype']}, "
-             f"cpu x{result['threads']} {result['runtime']}",
+             f"cpu x{result['threads']} {result['runtime']}" + _accelerator_line(result),
              "stage        median ms  p90 ms"]
     lines += [f"{stage:<12} {s['p50_ms']:>9.2f}  {s['p90_ms']:>6.2f}" for stage, s in result["stages_ms"].items()]
     if "detector" in result:
@@ -357,6 +369,15 @@ def format_summary(result):
               f"end to end:     {result['end_to_end_fps']:.1f} FPS (decode + preprocess + inference + effect + "
               f"encode; {result['frames']} frames in {result['wall_s']:.2f} s)"]
     return "\n".join(lines)
+
+
+def _accelerator_line(result):
+    """", GPU package of N parts, GPU accelerator (every GPU op on it)" or "" for a CPU run of a file."""
+    package = result.get("package")
+    text = f", GPU package of {len(package['parts'])} parts ({package['crossings']} crossings)" if package else ""
+    if result.get("accelerator") == "gpu":
+        text += ", GPU accelerator (" + ("every op on it" if result["fully_accelerated"] else "some ops on the CPU") + ")"
+    return text
 
 
 if __name__ == "__main__":

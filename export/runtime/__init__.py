@@ -28,7 +28,8 @@ Modules:
     runner         Runner (Interpreter or CompiledModel, CPU or GPU), gpu_outputs
     isolation      in_subprocess: a function in a spawned child process
     partition      device_plan, split_model, write_partitioned, read_partitioned,
-                   PartitionedRunner: a model cut into GPU and CPU parts, run as one
+                   PartitionedRunner: a model cut into GPU and CPU parts, run as one;
+                   open_model, describe_path, is_package: a `.tflite` or such a package
 """
 
 from export.runtime.gpu_emulation import SWIFTSHADER_ICD, enable_gpu_emulation
@@ -41,15 +42,16 @@ from export.runtime.op_surgery import (
     dequantized_constants, empty_model, folded_dequantize_ops, is_constant, single_op_model, sub_model,
 )
 from export.runtime.partition import (
-    PartitionedRunner, device_plan, read_partitioned, split_model, write_partitioned,
+    PartitionedRunner, describe_path, device_plan, is_package, open_model, read_partitioned, split_model,
+    write_partitioned,
 )
 from export.runtime.quantization import dequantize, quantize
 from export.runtime.runner import Runner, gpu_outputs, import_backend
 
 __all__ = [
     "ModelFileError", "PartitionedRunner", "Runner", "SWIFTSHADER_ICD", "check_model", "dequantize",
-    "dequantized_constants", "describe", "device_plan", "dtype_name", "empty_model", "enable_gpu_emulation",
-    "folded_dequantize_ops", "gpu_outputs", "import_backend", "in_subprocess", "is_constant", "op_name",
+    "dequantized_constants", "describe", "describe_path", "device_plan", "dtype_name", "empty_model", "enable_gpu_emulation",
+    "folded_dequantize_ops", "gpu_outputs", "import_backend", "in_subprocess", "is_constant", "is_package", "op_name", "open_model",
     "parse_model", "quantize", "read_metadata", "read_model", "read_partitioned", "single_op_model",
     "split_model", "sub_model", "tensor_detail", "write_partitioned",
 ]

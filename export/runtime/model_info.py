@@ -39,7 +39,8 @@ def describe(content, name=None):
 
     Returns:
         dict with `size_bytes`; `inputs`, `outputs` (tensor details, see export.runtime);
-        `ops` {op name: count} over all subgraphs; `num_ops`; `subgraphs`;
+        `ops` {op name: count} over all subgraphs; `num_ops`; `subgraphs`; `signatures` (their
+        count) and `signature_outputs` {output name: tensor index} of the first one ({} if none);
         `flops` {"total", "by_op", "counted", "not_counted", "note"}: 2 x MACs of CONV_2D,
         DEPTHWISE_CONV_2D, TRANSPOSE_CONV, FULLY_CONNECTED and BATCH_MATMUL from tensor
         shapes; and `metadata` (export.metadata.read_metadata's dict, or None).
@@ -59,6 +60,8 @@ def describe(content, name=None):
                     by_op[op_name(model, op)] += 2 * macs
         inputs = [tensor_detail(sg, i) for i in sg.inputs]
         outputs = [tensor_detail(sg, i) for i in sg.outputs]
+        signatures = model.signatureDefs or []
+        named = {_text(t.name): int(t.tensorIndex) for t in (signatures[0].outputs or [])} if signatures else {}
     except Exception as e:
         where = f"{name}: " if name else ""
         raise ModelFileError(f"{where}cannot describe the model ({len(content)} bytes): {e!r}") from e
@@ -69,6 +72,8 @@ def describe(content, name=None):
         "ops": dict(ops.most_common()),
         "num_ops": sum(ops.values()),
         "subgraphs": len(model.subgraphs),
+        "signatures": len(signatures),
+        "signature_outputs": named,
         "flops": {
             "total": int(sum(by_op.values())),
             "by_op": dict(by_op.most_common()),
@@ -79,6 +84,10 @@ def describe(content, name=None):
         },
         "metadata": read_metadata(content),
     }
+
+
+def _text(name):
+    return name.decode() if isinstance(name, bytes) else name
 
 
 def read_metadata(content):

@@ -11,6 +11,9 @@ several GPU partitions; cut into models of their own, each runs fully on the GPU
     with PartitionedRunner("mask_rcnn_fp32.gpu", accelerator="gpu") as runner:
         outputs = runner.run(image)                          # the whole model's outputs, in order
 
+A package folder stands wherever a `.tflite` does in the edge tools (`kseg bench`,
+`kseg demo-video`): `open_model` and `describe_path` take either.
+
 A part is a valid `.tflite` whose inputs are the tensors it reads from the graph inputs or
 earlier parts and whose outputs are those later parts or the graph outputs read. Constants go
 with every part that reads them. In an fp16 file the DEQUANTIZE of float16 weights is copied
@@ -21,6 +24,8 @@ other subgraphs (IF, WHILE, CALL_ONCE) makes its part a CPU part that carries ev
 The manifest (JSON-ready dict):
     format    "kseg.partitioned/1"
     inputs, outputs   the whole model's tensor details (export.runtime), in its order
+    signature_outputs {output name: tensor index} of the whole model's signature ({} if none)
+    metadata  the whole model's kseg metadata (export.metadata: labels, normalization) or None
     parts     list of {"file", "device": "gpu" | "cpu", "ops": [original op indices, the
               folded DEQUANTIZE ops left out],
               "inputs": [original tensor indices], "outputs": [original tensor indices]}
@@ -32,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.runtime.model_file import check_model, op_name, read_file, tensor_detail
+from export.runtime.model_file import ModelFileError, check_model, op_name, read_file, read_model, tensor_detail
+from export.runtime.model_info import describe
 from export.runtime.op_surgery import _SUBGRAPH_OPS, folded_dequantize_ops, is_constant, sub_model
 
 FORMAT = "kseg.partitioned/1"
@@ -132,6 +138,8 @@ def split_model(content, plan):
         later = set(graph_outputs) | {int(t) for q in range(p + 1, len(runs)) for i in runs[q][1]
                                       for t in ops[i].inputs if t >= 0}
         outputs = [t for i in indices for t in (int(x) for x in ops[i].outputs) if t in later]
+        if p == len(runs) - 1:  # a graph output no op computes (a constant) comes from the last part
+            outputs += [t for t in graph_outputs if t not in owner and t not in [int(x) for x in sg.inputs]]
         outputs = list(dict.fromkeys(outputs))
         for t in inputs:
             if t not in owner and t not in [int(x) for x in sg.inputs]:
@@ -139,10 +147,13 @@ def split_model(content, plan):
         parts.append(sub_model(model, content, dequantize + indices, inputs, outputs, f"part{p}"))
         described.append({"file": f"part{p}.tflite", "device": device, "ops": indices,
                           "inputs": inputs, "outputs": outputs})
+    whole = describe(content)
     manifest = {
         "format": FORMAT,
         "inputs": [_json_detail(tensor_detail(sg, int(t))) for t in sg.inputs],
         "outputs": [_json_detail(tensor_detail(sg, t)) for t in graph_outputs],
+        "signature_outputs": whole["signature_outputs"],
+        "metadata": whole["metadata"],
         "parts": described,
     }
     return parts, manifest
@@ -197,33 +208,115 @@ def read_partitioned(folder):
     path = folder / "manifest.json"
     if not path.is_file():
         raise ValueError(f"{folder}: no manifest.json; expected a folder written by write_partitioned")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}; expected {FORMAT!r}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e}); expected a manifest written by write_partitioned") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        seen = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{path}: format {seen!r}; expected {FORMAT!r}")
     return [read_file(folder / entry["file"]) for entry in manifest["parts"]], manifest
+
+
+def is_package(path):
+    """Whether `path` is a folder holding a manifest.json (a package, possibly a broken one)."""
+    return Path(path).is_dir() and (Path(path) / "manifest.json").is_file()
+
+
+def describe_path(path):
+    """`describe` of a `.tflite` file or of a package folder, with "package" added.
+
+    For a package: size_bytes, ops, num_ops and flops add up its parts (constants a part
+    shares with another are counted in both); inputs, outputs, signature_outputs and metadata
+    are the whole model's. "package" is {"parts": [{"device", "ops"}], "crossings"} (None for
+    a file).
+
+    Raises:
+        ModelFileError: the file or a part does not verify, or the folder is no package.
+    """
+    if Path(path).is_dir() and not is_package(path):
+        raise ModelFileError(f"{path}: a folder without manifest.json; expected a .tflite file or a GPU package "
+                             "folder (NAME_VARIANT.gpu, written by kseg export)")
+    if not is_package(path):
+        return {**describe(read_model(path), name=str(path)), "package": None}
+    try:
+        parts, manifest = read_partitioned(path)
+        each = []
+        for part, entry in zip(parts, manifest["parts"]):
+            check_model(part, name=f"{path}/{entry['file']}")
+            each.append(describe(part, name=f"{path}/{entry['file']}"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelFileError(f"{path}: {e}; expected a package written by kseg export") from None
+    ops, by_op = {}, {}
+    for d in each:
+        for k, v in d["ops"].items():
+            ops[k] = ops.get(k, 0) + v
+        for k, v in d["flops"]["by_op"].items():
+            by_op[k] = by_op.get(k, 0) + v
+    detail = lambda d: {**d, "shape": tuple(d["shape"]), "quantization": tuple(d["quantization"])}
+    return {
+        **each[0], "size_bytes": sum(d["size_bytes"] for d in each),
+        "inputs": [detail(d) for d in manifest["inputs"]], "outputs": [detail(d) for d in manifest["outputs"]],
+        "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])), "num_ops": sum(ops.values()),
+        "subgraphs": sum(d["subgraphs"] for d in each), "signatures": 1 if manifest.get("signature_outputs") else 0,
+        "signature_outputs": dict(manifest.get("signature_outputs") or {}),
+        "flops": {**each[0]["flops"], "total": int(sum(by_op.values())), "by_op": by_op},
+        "metadata": manifest.get("metadata"),
+        "package": {"parts": [{"device": e["device"], "ops": len(e["ops"])} for e in manifest["parts"]],
+                    "crossings": len(parts) - 1},
+    }
+
+
+def open_model(path, accelerator="cpu", num_threads=2, runtime="interpreter"):
+    """A `Runner` for a `.tflite` file (or its bytes), a `PartitionedRunner` for a package folder.
+
+    Args: as `export.runtime.Runner`; for a package, accelerator "gpu" runs its GPU parts on
+        LiteRT's GPU accelerator and `runtime` applies to its CPU parts.
+
+    Raises:
+        ModelFileError: a part or the file does not verify, or the folder is no package.
+    """
+    from export.runtime.runner import Runner
+
+    if isinstance(path, (bytes, bytearray, memoryview)) or not is_package(path):
+        return Runner(path, accelerator=accelerator, num_threads=num_threads, runtime=runtime)
+    try:
+        package = read_partitioned(path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelFileError(f"{path}: {e}; expected a package written by kseg export") from None
+    return PartitionedRunner(package, accelerator=accelerator, num_threads=num_threads, runtime=runtime)
 
 
 class PartitionedRunner:
     """Parts of a split model run in sequence as one model, each on its manifest's device.
 
+    It has `export.runtime.Runner`'s interface (set_inputs, invoke, get_outputs, run, inputs,
+    outputs, fully_accelerated, init_ms, environment_ms), so the edge tools time and draw a
+    package as they do a `.tflite`. Each part's outputs are read before the next part runs:
+    `invoke` returns when the whole model has run, also on the GPU accelerator.
+
     Args:
         package: a folder from `write_partitioned`, or `(parts, manifest)` from `split_model`.
         accelerator: "gpu" runs the GPU parts on LiteRT's GPU accelerator (CompiledModel) and
-            the CPU parts on the CPU interpreter (XNNPACK); "cpu" runs every part on the CPU
-            interpreter (the same values as the whole model's CPU run).
+            the CPU parts on the CPU; "cpu" runs every part on the CPU (the same values as the
+            whole model's CPU run).
         num_threads: CPU threads of every part.
+        runtime: the CPU parts' runtime, "interpreter" or "compiled" (`Runner`).
 
     Attributes:
         inputs, outputs: the whole model's tensor details, in its order.
         runners: one export.runtime.Runner per part.
-        fully_accelerated: per part, whether its accelerator ran every op (CPU parts: True).
+        parts_fully_accelerated: per part, whether the GPU accelerator ran every op of it (parts
+            run on the CPU: True).
+        fully_accelerated: all of them.
+        init_ms, environment_ms: summed over the parts.
 
     Example:
         >>> with PartitionedRunner("mask_rcnn_fp32.gpu", accelerator="gpu") as r:   # doctest: +SKIP
         ...     boxes, classes, scores, masks, count = r.run(image)    # image: [1, H, W, 3]
     """
 
-    def __init__(self, package, accelerator="gpu", num_threads=2):
+    def __init__(self, package, accelerator="gpu", num_threads=2, runtime="interpreter"):
         from export.runtime.runner import Runner
 
         if accelerator not in DEVICES:
@@ -241,35 +334,56 @@ class PartitionedRunner:
                        for d in manifest["inputs"]]
         self.outputs = [{**d, "shape": tuple(d["shape"]), "quantization": tuple(d["quantization"])}
                         for d in manifest["outputs"]]
-        self.runners = []
+        self.accelerator = accelerator
+        self.runners, self._inputs, self._values = [], None, {}
         try:
             for part, entry in zip(parts, manifest["parts"]):
                 device = "gpu" if accelerator == "gpu" and entry["device"] == "gpu" else "cpu"
-                self.runners.append(Runner(part, accelerator=device, num_threads=num_threads))
+                self.runners.append(Runner(part, accelerator=device, num_threads=num_threads, runtime=runtime))
         except Exception:
             self.close()
             raise
-        self.fully_accelerated = [r.fully_accelerated for r in self.runners]
+        self.parts_fully_accelerated = [r.fully_accelerated or r.accelerator == "cpu" for r in self.runners]
+        self.fully_accelerated = all(self.parts_fully_accelerated)
+        self.init_ms = sum(r.init_ms for r in self.runners)
+        self.environment_ms = sum(r.environment_ms for r in self.runners)
 
-    def run(self, *arrays):
-        """Runs every part in order on `arrays` (one per model input, its shape and dtype).
-
-        Returns:
-            list of output arrays, in the whole model's output order.
-        """
+    def check_inputs(self, arrays):
+        """Each array as a numpy array with the input's shape and dtype; ValueError otherwise."""
         if len(arrays) != len(self.inputs):
-            raise ValueError(f"expected {len(self.inputs)} input(s), got {len(arrays)} array(s)")
-        values = {}
-        for a, d in zip(arrays, self.inputs):
+            raise ValueError(f"the model takes {len(self.inputs)} input(s), got {len(arrays)} array(s)")
+        checked = []
+        for i, (a, d) in enumerate(zip(arrays, self.inputs)):
             a = np.asarray(a)
             if tuple(a.shape) != d["shape"] or a.dtype != np.dtype(d["dtype"]):
-                raise ValueError(f"input {d['name']!r}: got shape {list(a.shape)} dtype {a.dtype}; "
+                raise ValueError(f"input {i} ({d['name']}): got shape {list(a.shape)} dtype {a.dtype}; "
                                  f"expected shape {list(d['shape'])} dtype {d['dtype']}")
-            values[d["index"]] = a
+            checked.append(a)
+        return checked
+
+    def set_inputs(self, *arrays):
+        """Checks and keeps the inputs for the next `invoke` (see `check_inputs`)."""
+        self._inputs = {d["index"]: a for a, d in zip(self.check_inputs(arrays), self.inputs)}
+
+    def invoke(self):
+        """Runs every part in order on the inputs last set."""
+        if self._inputs is None:
+            raise ValueError("no inputs set; call set_inputs (or run) first")
+        values = dict(self._inputs)
         for runner, entry in zip(self.runners, self.manifest["parts"]):
             produced = runner.run(*[values[t] for t in entry["inputs"]])
             values.update(zip(entry["outputs"], produced))
-        return [values[d["index"]] for d in self.outputs]
+        self._values = values
+
+    def get_outputs(self):
+        """The outputs of the last `invoke`, in the whole model's output order."""
+        return [self._values[d["index"]] for d in self.outputs]
+
+    def run(self, *arrays):
+        """`set_inputs`, `invoke`, `get_outputs`: a list of output arrays."""
+        self.set_inputs(*arrays)
+        self.invoke()
+        return self.get_outputs()
 
     def close(self):
         """Releases every part's runtime."""

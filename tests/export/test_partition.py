@@ -32,7 +32,7 @@ runtime.enable_gpu_emulation()
 folder, image, out = sys.argv[1], np.load(sys.argv[2]), sys.argv[3]
 with runtime.PartitionedRunner(folder, accelerator="gpu") as runner:
     outputs = runner.run(image)
-    accelerated = runner.fully_accelerated
+    accelerated = runner.parts_fully_accelerated
 np.savez(out, accelerated=np.array(accelerated), **{f"out_{i}": a for i, a in enumerate(outputs)})
 """
 
