@@ -28,6 +28,12 @@ DETECTOR_PRESETS = {
                   "mask_channels": 128, "max_detections": 50},
     "resnet50": {"backbone": "resnet50"},  # the paper's sizes (the constructors' defaults)
 }
+# Panoptic FPN: the same, with a semantic branch as wide as the small FPN (the paper's 128 is half
+# of its 256-channel FPN). At 512 x 512 the 128-channel branch took 24 of 73 ms in LiteRT; on the
+# panoptic shapes (20 epochs, same seed) 64 channels gave stuff PQ 97.96 against 97.97 and PQ
+# 88.12 against 87.62 (benchmarks/semantic_head_width.py).
+PANOPTIC_FPN_PRESETS = {name: dict(preset) for name, preset in DETECTOR_PRESETS.items()}
+PANOPTIC_FPN_PRESETS["small"]["semantic_channels"] = 64
 MASKFORMER_PRESETS = {
     # 20 queries: enough for 8 things + the stuff of the panoptic shapes.
     "small": {**MASKFORMER_SMALL_CONFIG, "num_queries": 20},
@@ -43,7 +49,7 @@ _TABLE = {
     "mobile_unet": (MobileUNet, {}, {}),
     **{f"segformer_b{i}": (SegFormer, {"variant": f"b{i}"}, {}) for i in range(6)},
     "mask_rcnn": (MaskRCNN, {}, DETECTOR_PRESETS),
-    "panoptic_fpn": (PanopticFPN, {}, DETECTOR_PRESETS),
+    "panoptic_fpn": (PanopticFPN, {}, PANOPTIC_FPN_PRESETS),
     "maskformer": (MaskFormer, {}, MASKFORMER_PRESETS),
 }
 

@@ -37,7 +37,10 @@ def test_every_family_is_in_the_table():
     assert {model_class(name) for name in MODEL_NAMES} | {TorchvisionMaskRCNN} == set(CLASSES.values()) | {
         TorchvisionMaskRCNN}
     assert set(model_presets("mask_rcnn")) == {"small", "mobilenet", "resnet50"}
-    assert model_presets("panoptic_fpn") == model_presets("mask_rcnn")
+    # Panoptic FPN's presets are Mask R-CNN's; the small one's semantic branch is as wide as its FPN.
+    semantic = {"small": {"semantic_channels": 64}}
+    assert model_presets("panoptic_fpn") == {name: {**preset, **semantic.get(name, {})}
+                                             for name, preset in model_presets("mask_rcnn").items()}
     assert set(model_presets("maskformer")) == {"small", "resnet50"}
     assert model_presets("unet") == {}
 
@@ -136,7 +139,7 @@ def test_panoptic_fpn_is_composed_from_a_detector_a_semantic_head_and_the_fusion
     from kseg.models.panoptic_fpn import SemanticHead, panoptic_fpn_parts
 
     detector, head, fusion = panoptic_fpn_parts(num_classes=2, num_stuff_classes=3, input_shape=SHAPE,
-                                                semantic_channels=16, **model_presets("panoptic_fpn")["small"])
+                                                **{**model_presets("panoptic_fpn")["small"], "semantic_channels": 16})
     assert (type(detector), type(head), type(fusion)) == (MaskRCNN, SemanticHead, PanopticFusion)
     model = PanopticFPN(detector, head, fusion)
     assert model.detector is detector and model.semantic_head is head and model.fusion is fusion
