@@ -95,8 +95,11 @@ def measure(config):
     rss_start = _rss_mb()
     runtime.import_backend(config["runtime"])
     rss_before = _rss_mb()  # LiteRT's libraries are loaded: what follows is the model's
+    # A GPU row's CPU work is the accelerator's fallback (a file) or a package's CPU parts, which
+    # run on the interpreter: CompiledModel's CPU path cannot invoke Panoptic FPN's IF ops.
+    cpu_runtime = config["runtime"] if config["backend"] == "cpu" else "interpreter"
     runner = runtime.open_model(config["path"], accelerator=config["backend"], num_threads=config["threads"],
-                                runtime=config["runtime"])
+                                runtime=cpu_runtime)
     runner.set_inputs(*config["arrays"])
     # The GPU accelerator's run returns before the GPU finishes; reading the outputs waits.
     sync = config["backend"] == "gpu"

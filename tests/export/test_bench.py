@@ -156,10 +156,17 @@ def test_class_map_prefers_the_in_graph_map():
     assert (mask == 2).all() and k == 3
 
 
-@requires_swiftshader
-def test_gpu_configuration_reports_full_acceleration(models, tmp_path):
+def gpu_row(model, tmp_path):
+    """The result row of `model` (a file or a package) benchmarked on the GPU accelerator alone."""
     out = tmp_path / "r.json"
-    assert bench.main([models["float"], "--gpu", "--no-cpu", "--runs", "2", "--warmup", "0", "--e2e-runs", "1",
+    assert bench.main([model, "--gpu", "--no-cpu", "--runs", "2", "--warmup", "0", "--e2e-runs", "1",
                        "--json", str(out)]) == bench.EXIT_OK
     (row,) = json.loads(out.read_text())["results"]
-    assert row["backend"] == "gpu" and row["fully_accelerated"] is True and row["invoke_includes_output_read"] is True
+    assert row["backend"] == "gpu" and row["error"] is None
+    return row
+
+
+@requires_swiftshader
+def test_gpu_configuration_reports_full_acceleration(models, tmp_path):
+    row = gpu_row(models["float"], tmp_path)
+    assert row["fully_accelerated"] is True and row["invoke_includes_output_read"] is True

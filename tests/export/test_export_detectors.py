@@ -123,6 +123,15 @@ def test_panoptic_fpn_exports_every_variant_with_builtin_ops(tmp_path):
     report = panoptic_report(model, tmp_path)
     check_variants(report)
     assert report["metric"] == "PQ" and report["variants"]["int8"]["parity"]["min_panoptic_agreement"] is not None
+    package = report["variants"]["fp32"]["gpu_package"]
+    assert [p["device"] for p in package["parts"]] == ["gpu", "cpu"] * 3 + ["gpu"]  # NMS, NMS, the fusion's IFs
+    if Path(runtime.SWIFTSHADER_ICD).exists():
+        # kseg bench runs the package with its GPU parts on the accelerator; the IF part runs on the
+        # CPU interpreter (LiteRT's CompiledModel fails to invoke it on its CPU path).
+        from tests.export.test_bench import gpu_row
+
+        folder = Path(report["variants"]["fp32"]["file"]).parent / package["folder"]
+        assert gpu_row(str(folder), tmp_path)["fully_accelerated"] is True
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 
 from export import bench, runtime, video, video_io
 from export.runtime.partition import split_model, write_partitioned
+from tests.export.test_bench import gpu_row
 from tests.export.test_demo_video_detectors import detector  # noqa: F401 (a fixture)
 from tests.export.test_runtime import requires_swiftshader, tiny_models
 
@@ -83,11 +84,7 @@ def test_bench_names_a_bad_package(unet, tmp_path, capsys, case):
 
 @requires_swiftshader
 def test_bench_runs_a_packages_gpu_parts_on_the_gpu_accelerator(unet, tmp_path):
-    out = tmp_path / "r.json"
-    assert bench.main([unet["package"], "--gpu", "--no-cpu", "--runs", "2", "--warmup", "0", "--e2e-runs", "1",
-                       "--json", str(out)]) == bench.EXIT_OK
-    (row,) = json.loads(out.read_text())["results"]
-    assert row["backend"] == "gpu" and row["error"] is None and row["fully_accelerated"] is True
+    assert gpu_row(unet["package"], tmp_path)["fully_accelerated"] is True
 
 
 def test_demo_video_draws_a_package_as_its_file(detector, tmp_path, capsys):  # noqa: F811 (the fixture)
