@@ -33,6 +33,9 @@ Tensors are named by their index in the original main subgraph.
 """
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -164,20 +167,38 @@ def _json_detail(detail):
 
 
 def write_partitioned(folder, parts, manifest):
-    """Writes `parts` as folder/part{i}.tflite and `manifest` as folder/manifest.json.
+    """Writes `parts` as folder/part{i}.tflite and `manifest` as folder/manifest.json, atomically.
 
-    Part files of an earlier package in `folder` are removed first.
+    The package is written into a new folder beside `folder` and renamed into place once
+    complete: an error or a crash midway leaves the earlier package (or none) whole, never a
+    mix of old and new parts. A `folder` that holds anything but a package is not replaced.
 
     Returns:
         The folder's Path.
+
+    Raises:
+        ValueError: `folder` exists and is not a package folder.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("part*.tflite"):
-        old.unlink()
-    for part, entry in zip(parts, manifest["parts"]):
-        (folder / entry["file"]).write_bytes(part)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if folder.exists() and not is_package(folder) and (not folder.is_dir() or any(folder.iterdir())):
+        raise ValueError(f"{folder}: exists and holds no manifest.json; expected a package folder to replace, "
+                         "or a new or empty folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for part, entry in zip(parts, manifest["parts"]):
+            (staging / entry["file"]).write_bytes(part)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        old = None
+        if folder.exists():
+            old = folder.with_name(f"{staging.name}.old")
+            os.replace(folder, old)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

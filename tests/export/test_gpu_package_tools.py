@@ -127,3 +127,33 @@ def test_demo_video_runs_a_packages_gpu_parts_on_the_gpu_accelerator(unet, tmp_p
     same = (written["gpu"] == written["cpu"]).all(-1).mean()
     print(f"pixels drawn alike on the GPU and CPU: {same:.5f}")
     assert same > 0.99  # float32 on both; an argmax may flip where two classes' logits tie to rounding
+
+
+def test_a_package_is_replaced_whole_or_not_at_all(unet, tmp_path, monkeypatch):
+    parts, manifest = runtime.read_partitioned(unet["package"])
+    folder = write_partitioned(tmp_path / "m.gpu", parts, manifest)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    fewer = {**manifest, "parts": manifest["parts"][:2]}  # a different package: its writing fails midway
+    written = []
+
+    def failing(self, data):
+        written.append(self.name)
+        if len(written) == 2:
+            raise OSError(28, "No space left on device", str(self))
+        return len(data)
+
+    monkeypatch.setattr(Path, "write_bytes", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_partitioned(folder, parts[:2], fewer)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the earlier package, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gpu"]  # no staging folder left behind
+    write_partitioned(folder, parts[:2], fewer)
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "part0.tflite", "part1.tflite"]
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes: exists and holds no manifest.json"):
+        write_partitioned(other, parts, manifest)
+    assert (other / "keep.txt").read_text() == "mine"
