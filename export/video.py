@@ -167,10 +167,11 @@ def _plan(args):
             from PIL import Image
 
             background = np.asarray(Image.fromarray(background).resize((reader.width, reader.height), Image.BILINEAR))
-        if getattr(args, "gpu", False):  # a Namespace built without add_arguments may lack it
+        gpu = getattr(args, "gpu", False)  # a Namespace built without add_arguments may lack it
+        if gpu:
             runtime.enable_gpu_emulation()
-        runner = runtime.open_model(args.model, accelerator="gpu" if getattr(args, "gpu", False) else "cpu",
-                                    num_threads=args.threads, runtime=args.runtime)
+        runner = runtime.open_model(args.model, accelerator="gpu" if gpu else "cpu", num_threads=args.threads,
+                                    runtime=args.runtime)
     except BaseException:
         reader.close()
         raise

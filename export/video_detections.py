@@ -53,13 +53,11 @@ def signature_outputs(content, name):
     Raises:
         InputError: more than one signature.
     """
-    signatures = runtime.parse_model(content).signatureDefs or []
+    model = runtime.parse_model(content)
+    signatures = model.signatureDefs or []
     if len(signatures) > 1:
         raise InputError(f"{name}: {len(signatures)} signatures; expected one (a model exported at batch 1)")
-    if not signatures:
-        return {}
-    return {t.name.decode() if isinstance(t.name, bytes) else t.name: int(t.tensorIndex)
-            for t in signatures[0].outputs or []}
+    return runtime.signature_outputs(model)
 
 
 def detector_effects(outputs, name):

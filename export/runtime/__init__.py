@@ -20,7 +20,8 @@ Tensor details (`Runner.inputs`, `Runner.outputs`, `describe()["inputs"]`) are d
 Modules:
     model_file     read_model, check_model, parse_model: reading and verifying a file;
                    op_name, dtype_name, tensor_detail of a parsed model
-    model_info     describe: tensors, op counts, FLOPs and metadata, without running
+    model_info     describe: tensors, op counts, FLOPs and metadata, without running;
+                   signature_outputs of a parsed model
     op_surgery     sub_model, single_op_model, empty_model: new models cut from a parsed one;
                    is_constant, folded_dequantize_ops, dequantized_constants: its weights
     gpu_emulation  enable_gpu_emulation: SwiftShader for the GPU accelerator
@@ -37,7 +38,7 @@ from export.runtime.isolation import in_subprocess
 from export.runtime.model_file import (
     ModelFileError, check_model, dtype_name, op_name, parse_model, read_model, tensor_detail,
 )
-from export.runtime.model_info import describe, read_metadata
+from export.runtime.model_info import describe, read_metadata, signature_outputs
 from export.runtime.op_surgery import (
     dequantized_constants, empty_model, folded_dequantize_ops, is_constant, single_op_model, sub_model,
 )
@@ -53,5 +54,5 @@ __all__ = [
     "dequantized_constants", "describe", "describe_path", "device_plan", "dtype_name", "empty_model", "enable_gpu_emulation",
     "folded_dequantize_ops", "gpu_outputs", "import_backend", "in_subprocess", "is_constant", "is_package", "op_name", "open_model",
     "parse_model", "quantize", "read_metadata", "read_model", "read_partitioned", "single_op_model",
-    "split_model", "sub_model", "tensor_detail", "write_partitioned",
+    "signature_outputs", "split_model", "sub_model", "tensor_detail", "write_partitioned",
 ]

@@ -61,7 +61,7 @@ def describe(content, name=None):
         inputs = [tensor_detail(sg, i) for i in sg.inputs]
         outputs = [tensor_detail(sg, i) for i in sg.outputs]
         signatures = model.signatureDefs or []
-        named = {_text(t.name): int(t.tensorIndex) for t in (signatures[0].outputs or [])} if signatures else {}
+        named = signature_outputs(model)
     except Exception as e:
         where = f"{name}: " if name else ""
         raise ModelFileError(f"{where}cannot describe the model ({len(content)} bytes): {e!r}") from e
@@ -86,8 +86,13 @@ def describe(content, name=None):
     }
 
 
-def _text(name):
-    return name.decode() if isinstance(name, bytes) else name
+def signature_outputs(model):
+    """{output name: tensor index} of a parsed model's first signature, {} when it has none."""
+    signatures = model.signatureDefs or []
+    if not signatures:
+        return {}
+    return {t.name.decode() if isinstance(t.name, bytes) else t.name: int(t.tensorIndex)
+            for t in signatures[0].outputs or []}
 
 
 def read_metadata(content):

@@ -38,11 +38,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from export.runtime.model_file import ModelFileError, check_model, op_name, read_file, read_model, tensor_detail
-from export.runtime.model_info import describe
+from export.runtime.model_info import describe, read_metadata, signature_outputs
 from export.runtime.op_surgery import _SUBGRAPH_OPS, folded_dequantize_ops, is_constant, sub_model
+from export.runtime.runner import Runner, check_arrays
 
 FORMAT = "kseg.partitioned/1"
 DEVICES = ("gpu", "cpu")
@@ -125,6 +124,7 @@ def split_model(content, plan):
     folded = folded_dequantize_ops(model, content)
     folded_by_output = {int(ops[i].outputs[0]): i for i in folded}
     runs = _runs(plan, folded)
+    graph_inputs = {int(t) for t in sg.inputs}
     graph_outputs = [int(t) for t in sg.outputs]
     owner = {}  # tensor -> part producing it
     for p, (_, indices) in enumerate(runs):
@@ -142,21 +142,20 @@ def split_model(content, plan):
                                       for t in ops[i].inputs if t >= 0}
         outputs = [t for i in indices for t in (int(x) for x in ops[i].outputs) if t in later]
         if p == len(runs) - 1:  # a graph output no op computes (a constant) comes from the last part
-            outputs += [t for t in graph_outputs if t not in owner and t not in [int(x) for x in sg.inputs]]
+            outputs += [t for t in graph_outputs if t not in owner and t not in graph_inputs]
         outputs = list(dict.fromkeys(outputs))
         for t in inputs:
-            if t not in owner and t not in [int(x) for x in sg.inputs]:
+            if t not in owner and t not in graph_inputs:
                 raise ValueError(f"part {p} reads tensor {t}, which neither a graph input nor an earlier part gives")
         parts.append(sub_model(model, content, dequantize + indices, inputs, outputs, f"part{p}"))
         described.append({"file": f"part{p}.tflite", "device": device, "ops": indices,
                           "inputs": inputs, "outputs": outputs})
-    whole = describe(content)
     manifest = {
         "format": FORMAT,
         "inputs": [_json_detail(tensor_detail(sg, int(t))) for t in sg.inputs],
         "outputs": [_json_detail(tensor_detail(sg, t)) for t in graph_outputs],
-        "signature_outputs": whole["signature_outputs"],
-        "metadata": whole["metadata"],
+        "signature_outputs": signature_outputs(model),
+        "metadata": read_metadata(content),
         "parts": described,
     }
     return parts, manifest
@@ -164,6 +163,11 @@ def split_model(content, plan):
 
 def _json_detail(detail):
     return {**detail, "shape": list(detail["shape"]), "quantization": list(detail["quantization"])}
+
+
+def _detail(entry):
+    """A manifest's tensor detail back in export.runtime's form (tuples), `_json_detail`'s inverse."""
+    return {**entry, "shape": tuple(entry["shape"]), "quantization": tuple(entry["quantization"])}
 
 
 def write_partitioned(folder, parts, manifest):
@@ -260,8 +264,8 @@ def describe_path(path):
                              "folder (NAME_VARIANT.gpu, written by kseg export)")
     if not is_package(path):
         return {**describe(read_model(path), name=str(path)), "package": None}
+    parts, manifest = _read_package(path)
     try:
-        parts, manifest = read_partitioned(path)
         each = []
         for part, entry in zip(parts, manifest["parts"]):
             check_model(part, name=f"{path}/{entry['file']}")
@@ -274,10 +278,9 @@ def describe_path(path):
             ops[k] = ops.get(k, 0) + v
         for k, v in d["flops"]["by_op"].items():
             by_op[k] = by_op.get(k, 0) + v
-    detail = lambda d: {**d, "shape": tuple(d["shape"]), "quantization": tuple(d["quantization"])}
     return {
         **each[0], "size_bytes": sum(d["size_bytes"] for d in each),
-        "inputs": [detail(d) for d in manifest["inputs"]], "outputs": [detail(d) for d in manifest["outputs"]],
+        "inputs": [_detail(d) for d in manifest["inputs"]], "outputs": [_detail(d) for d in manifest["outputs"]],
         "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])), "num_ops": sum(ops.values()),
         "subgraphs": sum(d["subgraphs"] for d in each), "signatures": 1 if manifest.get("signature_outputs") else 0,
         "signature_outputs": dict(manifest.get("signature_outputs") or {}),
@@ -297,15 +300,17 @@ def open_model(path, accelerator="cpu", num_threads=2, runtime="interpreter"):
     Raises:
         ModelFileError: a part or the file does not verify, or the folder is no package.
     """
-    from export.runtime.runner import Runner
-
     if isinstance(path, (bytes, bytearray, memoryview)) or not is_package(path):
         return Runner(path, accelerator=accelerator, num_threads=num_threads, runtime=runtime)
+    return PartitionedRunner(_read_package(path), accelerator=accelerator, num_threads=num_threads, runtime=runtime)
+
+
+def _read_package(path):
+    """`read_partitioned(path)`, its errors as ModelFileError (what the edge tools report as bad input)."""
     try:
-        package = read_partitioned(path)
+        return read_partitioned(path)
     except (ValueError, KeyError, TypeError) as e:
         raise ModelFileError(f"{path}: {e}; expected a package written by kseg export") from None
-    return PartitionedRunner(package, accelerator=accelerator, num_threads=num_threads, runtime=runtime)
 
 
 class PartitionedRunner:
@@ -338,8 +343,6 @@ class PartitionedRunner:
     """
 
     def __init__(self, package, accelerator="gpu", num_threads=2, runtime="interpreter"):
-        from export.runtime.runner import Runner
-
         if accelerator not in DEVICES:
             raise ValueError(f"accelerator must be 'gpu' or 'cpu', got {accelerator!r}")
         if isinstance(package, (str, Path)):
@@ -351,10 +354,8 @@ class PartitionedRunner:
                              f"with {len(manifest.get('parts', []))}; expected one part per manifest entry, "
                              f"format {FORMAT!r}")
         self.manifest = manifest
-        self.inputs = [{**d, "shape": tuple(d["shape"]), "quantization": tuple(d["quantization"])}
-                       for d in manifest["inputs"]]
-        self.outputs = [{**d, "shape": tuple(d["shape"]), "quantization": tuple(d["quantization"])}
-                        for d in manifest["outputs"]]
+        self.inputs = [_detail(d) for d in manifest["inputs"]]
+        self.outputs = [_detail(d) for d in manifest["outputs"]]
         self.accelerator = accelerator
         self.runners, self._inputs, self._values = [], None, {}
         try:
@@ -371,16 +372,7 @@ class PartitionedRunner:
 
     def check_inputs(self, arrays):
         """Each array as a numpy array with the input's shape and dtype; ValueError otherwise."""
-        if len(arrays) != len(self.inputs):
-            raise ValueError(f"the model takes {len(self.inputs)} input(s), got {len(arrays)} array(s)")
-        checked = []
-        for i, (a, d) in enumerate(zip(arrays, self.inputs)):
-            a = np.asarray(a)
-            if tuple(a.shape) != d["shape"] or a.dtype != np.dtype(d["dtype"]):
-                raise ValueError(f"input {i} ({d['name']}): got shape {list(a.shape)} dtype {a.dtype}; "
-                                 f"expected shape {list(d['shape'])} dtype {d['dtype']}")
-            checked.append(a)
-        return checked
+        return check_arrays(arrays, self.inputs)
 
     def set_inputs(self, *arrays):
         """Checks and keeps the inputs for the next `invoke` (see `check_inputs`)."""

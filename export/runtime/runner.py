@@ -132,18 +132,7 @@ class Runner:
 
     def check_inputs(self, arrays):
         """Each array as a numpy array with the input's shape and dtype; ValueError otherwise."""
-        if len(arrays) != len(self.inputs):
-            raise ValueError(f"the model takes {len(self.inputs)} input(s), got {len(arrays)} array(s)")
-        checked = []
-        for i, (a, d) in enumerate(zip(arrays, self.inputs)):
-            a = np.asarray(a)
-            if tuple(a.shape) != tuple(d["shape"]) or a.dtype != np.dtype(d["dtype"]):
-                raise ValueError(
-                    f"input {i} ({d['name']}): got shape {list(a.shape)} dtype {a.dtype}; "
-                    f"expected shape {list(d['shape'])} dtype {d['dtype']}"
-                )
-            checked.append(np.require(a, requirements='C'))  # ascontiguousarray makes a scalar 1-D
-        return checked
+        return check_arrays(arrays, self.inputs)
 
     def set_inputs(self, *arrays):
         """Checks and copies the inputs into the runtime (see `check_inputs`)."""
@@ -192,6 +181,29 @@ class Runner:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def check_arrays(arrays, details):
+    """Each array as a C-contiguous numpy array with its detail's shape and dtype.
+
+    Args:
+        arrays: one array per model input. details: the inputs' tensor details, in order.
+
+    Raises:
+        ValueError: the wrong number of arrays, or one of another shape or dtype (named).
+    """
+    if len(arrays) != len(details):
+        raise ValueError(f"the model takes {len(details)} input(s), got {len(arrays)} array(s)")
+    checked = []
+    for i, (a, d) in enumerate(zip(arrays, details)):
+        a = np.asarray(a)
+        if tuple(a.shape) != tuple(d["shape"]) or a.dtype != np.dtype(d["dtype"]):
+            raise ValueError(
+                f"input {i} ({d['name']}): got shape {list(a.shape)} dtype {a.dtype}; "
+                f"expected shape {list(d['shape'])} dtype {d['dtype']}"
+            )
+        checked.append(np.require(a, requirements='C'))  # ascontiguousarray makes a scalar 1-D
+    return checked
 
 
 def gpu_outputs(model, arrays):
