@@ -14,7 +14,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.mobile_demo.test_mobile_demo import ARTIFACTS, OVERLAY_ALPHA, browser_ready, close, decode, drive  # noqa: F401
+from tests.mobile_demo.test_mobile_demo import (ARTIFACTS, OVERLAY_ALPHA, browser_ready, close,  # noqa: F401
+                                                 cpu_kernel_spread, decode, drive)
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +67,8 @@ def panoptic_site(browser_ready, tmp_path_factory):  # noqa: F811
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with page.serve(dist) as url:
         yield {"url": url, "root": root, "video": video, "index": index, "entries": entries,
-               "paths": {v: dist / "models" / e["file"] for v, e in entries.items()}}
+               "paths": {v: dist / "models" / e["file"] for v, e in entries.items()},
+               "images": [e["image"] for e in examples[:4]]}
 
 
 def panoptic_reference(path, rgb):
@@ -81,6 +83,16 @@ def panoptic_reference(path, rgb):
                 for k in range(n)]
     ids = np.where((out["panoptic"][0] >= 1) & (out["panoptic"][0] <= n), out["panoptic"][0], 0)
     return out, segments, ids
+
+
+def segment_score_gaps(a, b):
+    """|score difference| of the segments two runs give the same category, kind and pixels (a stuff
+    score is a mean over the segment's pixels: other pixels, another score)."""
+    n = int(min(a["num_segments"][0], b["num_segments"][0]))
+    same = ((a["segment_category"][0, :n] == b["segment_category"][0, :n])
+            & (a["segment_is_thing"][0, :n] == b["segment_is_thing"][0, :n])
+            & np.array([np.array_equal(a["panoptic"][0] == k, b["panoptic"][0] == k) for k in range(1, n + 1)]))
+    return np.abs(a["segment_score"][0, :n] - b["segment_score"][0, :n])[same]
 
 
 def thing_outline(ids, things):
@@ -130,7 +142,11 @@ def test_page_panoptic_map_equals_python_litert_for_fp32_and_int8(panoptic_site)
         page = capture["segments"]
         assert [(s["id"], s["category"], s["isthing"]) for s in page] == [
             (s["id"], s["category"], s["isthing"]) for s in segments], variant
-        np.testing.assert_allclose([s["score"] for s in page], [s["score"] for s in segments], atol=1e-5)
+        atol = 1e-5
+        if variant == "int8":  # integer kernels: see cpu_kernel_spread
+            atol = max(atol, cpu_kernel_spread(panoptic_site["paths"][variant], [rgb, *panoptic_site["images"]],
+                                               segment_score_gaps))
+        np.testing.assert_allclose([s["score"] for s in page], [s["score"] for s in segments], atol=atol)
         assert any(s["isthing"] for s in page) and any(not s["isthing"] for s in page), page  # both kinds drawn
         page_ids = decode(capture, "panopticIds", np.int32, (h, w))
         np.testing.assert_array_equal(page_ids, ids)
